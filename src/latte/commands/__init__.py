@@ -1,0 +1,1 @@
+"""Sub-commands of the `latte` CLI (see latte.cli)."""
