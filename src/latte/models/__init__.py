@@ -1,0 +1,47 @@
+"""The Latte model family: `create_model("Latte-XL/2", variant=1, ...)` and checkpoint interop."""
+from __future__ import annotations
+
+import torch
+
+from latte.models.checkpoints import (TransferReport, copy_matching, infer_config, init_from_dit,
+                                      load_official_checkpoint, read_state_dict)
+from latte.models.config import MODEL_NAMES, SIZES, ModelConfig, model_config
+from latte.models.latte import Latte
+
+
+def create_model(name: str, **options) -> Latte:
+    """A registry model (`Latte-S/2` ... `Latte-XL/8`, `Latte-T/2` for tests) with options such as
+    variant, patch_embed, tubelet_frames, conditioning, temporal_pos, num_classes, learn_sigma,
+    num_frames, input_size, in_channels (any ModelConfig field)."""
+    return Latte(model_config(name, **options))
+
+
+def build_model(config: ModelConfig | dict) -> Latte:
+    """The model described by a config (as stored in checkpoints)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return Latte(config)
+
+
+def forward_flops(model: Latte, batch: int = 1, frames: int | None = None, input_size=None) -> int:
+    """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = model.config
+    h, w = c.latent_hw if input_size is None else ((input_size,) * 2 if isinstance(input_size, int) else input_size)
+    frames = frames or c.num_frames
+    meta = Latte(c).to("meta") if next(model.parameters()).device.type != "meta" else model
+    x = torch.zeros(batch, c.in_channels, frames, h, w, device="meta")
+    t = torch.zeros(batch, dtype=torch.long, device="meta")
+    y = torch.zeros(batch, dtype=torch.long, device="meta") if c.num_classes else None
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta.eval()(x, t, y)
+    return counter.get_total_flops()
+
+
+__all__ = [
+    "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TransferReport", "build_model", "copy_matching",
+    "create_model", "forward_flops", "infer_config", "init_from_dit", "load_official_checkpoint",
+    "model_config", "read_state_dict",
+]
