@@ -1,0 +1,46 @@
+"""`latte info`: parameters and forward FLOPs of a model, for comparing ablations at equal size."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from latte.models import MODEL_NAMES, create_model, forward_flops
+from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "info", help="parameters and GFLOPs of a model",
+        description="Print trainable/total parameters and forward GFLOPs per clip (2 FLOPs per multiply-add, "
+                    "attention included) of a Latte model, built on the meta device (no memory used).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="Latte-XL/2", choices=MODEL_NAMES, metavar="NAME",
+                        help=f"registry name, one of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--variant", type=int, choices=VARIANTS, nargs="+", default=[1],
+                        help="one or more variants to compare side by side")
+    parser.add_argument("--patch-embed", choices=PATCH_EMBEDS, default="frame")
+    parser.add_argument("--tubelet-frames", type=int, default=2)
+    parser.add_argument("--conditioning", choices=CONDITIONINGS, default="adaln")
+    parser.add_argument("--temporal-pos", choices=TEMPORAL_POSITIONS, default="absolute")
+    parser.add_argument("--num-classes", type=int, default=0)
+    parser.add_argument("--num-frames", type=int, default=16)
+    parser.add_argument("--input-size", type=int, default=32, help="latent height = width")
+    parser.add_argument("--in-channels", type=int, default=4)
+    parser.add_argument("--no-learn-sigma", action="store_true", help="output C channels instead of 2C")
+    return parser
+
+
+def run(args) -> int:
+    print(f"{'model':<12} {'variant':>7} {'trainable':>14} {'total':>14} {'GFLOPs/clip':>12}")
+    for variant in args.variant:
+        options = dict(variant=variant, patch_embed=args.patch_embed, tubelet_frames=args.tubelet_frames,
+                       conditioning=args.conditioning, temporal_pos=args.temporal_pos, num_classes=args.num_classes,
+                       num_frames=args.num_frames, input_size=args.input_size, in_channels=args.in_channels,
+                       learn_sigma=not args.no_learn_sigma)
+        with torch.device("meta"):
+            model = create_model(args.model, **options)
+        gflops = forward_flops(model) / 1e9
+        print(f"{args.model:<12} {variant:>7} {model.num_parameters():>14,} "
+              f"{model.num_parameters(trainable_only=False):>14,} {gflops:>12.2f}")
+    return 0
