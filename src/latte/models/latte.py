@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from latte.errors import LatteError
 from latte.models.config import ModelConfig
-from latte.models.layers import (Attention, LabelEmbedder, Mlp, TimestepEmbedder, apply_rope, modulate,
-                                 rope_angles, sincos_1d, sincos_2d)
+from latte.models.layers import (Attention, LabelEmbedder, Mlp, TimestepEmbedder, apply_rope, gated_residual,
+                                 modulate, rope_angles, sincos_1d, sincos_2d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,6 +44,13 @@ def to_temporal(x: torch.Tensor) -> torch.Tensor:
 def from_temporal(x: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*N, F, D) -> (B, F, N, D)."""
     return x.unflatten(0, (batch, -1)).transpose(1, 2)
+
+
+def with_images(video: torch.Tensor, grid: torch.Tensor, video_frames: int) -> torch.Tensor:
+    """Video frames (B, Fv, N, D) followed by the image frames of grid (B, F, N, D) (no copy without images)."""
+    if grid.shape[1] == video_frames:
+        return video
+    return torch.cat([video, grid[:, video_frames:]], dim=1)
 
 
 @dataclass
@@ -118,21 +125,21 @@ class LatteBlock(nn.Module):
             k = extra.shape[1]
             h = torch.cat([norm(extra), h], dim=1)  # (S, K+L, D)
         out = attn(h, rope=rope, rope_skip=k)[:, k:]
-        return seq + (out if gate is None else gate.unsqueeze(1) * out)
+        return gated_residual(seq, out, gate)
 
     def _feed_forward(self, seq, shift, scale, gate) -> torch.Tensor:
         h = self.norm2(seq)
         if shift is not None:
             h = modulate(h, shift, scale)
         out = self.mlp(h)
-        return seq + (out if gate is None else gate.unsqueeze(1) * out)
+        return gated_residual(seq, out, gate)
 
     def _temporal_attend(self, attn, norm, x, mods, ctx) -> torch.Tensor:
         """Temporal attention over the video frames of x (B, F, N, D); image frames pass through."""
         batch, fv = x.shape[0], ctx.video_frames
         extra = None if ctx.adaln else ctx.temporal()
         seq = self._attend(attn, norm, to_temporal(x[:, :fv]), *mods, extra, ctx.rope)  # (B*N, Fv, D)
-        return torch.cat([from_temporal(seq, batch), x[:, fv:]], dim=1)
+        return with_images(from_temporal(seq, batch), x, fv)
 
     def _split_heads_attention(self, h: torch.Tensor, ctx: Context, batch: int) -> torch.Tensor:
         """Variant 4: h (B*F, N, D) normalised tokens; first half of the heads attend over the
@@ -172,7 +179,7 @@ class LatteBlock(nn.Module):
             seq = self._attend(self.attn, self.norm1, to_temporal(x[:, :fv]), *mods[:3],
                                None if ctx.adaln else ctx.temporal(), ctx.rope)
             seq = self._feed_forward(seq, *mods[3:])
-            return torch.cat([from_temporal(seq, batch), x[:, fv:]], dim=1)
+            return with_images(from_temporal(seq, batch), x, fv)
         mods = self._spatial_mods(ctx)
         seq = to_spatial(x)  # (B*F, N, D)
         if self.kind == "spatial":
@@ -190,7 +197,7 @@ class LatteBlock(nn.Module):
             if shift is not None:
                 h = modulate(h, shift, scale)
             out = self._split_heads_attention(h, ctx, batch)
-            seq = seq + (out if gate is None else gate.unsqueeze(1) * out)
+            seq = gated_residual(seq, out, gate)
         seq = self._feed_forward(seq, *mods[3:6])
         return from_spatial(seq, batch)
 
@@ -354,7 +361,7 @@ class Latte(nn.Module):
         for i, block in enumerate(self.blocks):
             if i == self.temporal_start and c.temporal_pos == "absolute":
                 temp = self.temporal_table(video_tokens)[:, :, None]  # (1, Fv', 1, D)
-                tokens = torch.cat([tokens[:, :video_tokens] + temp, tokens[:, video_tokens:]], dim=1)
+                tokens = with_images(tokens[:, :video_tokens] + temp, tokens, video_tokens)
             if c.grad_checkpointing and self.training:
                 tokens = checkpoint(block, tokens, ctx, use_reentrant=False)
             else:

@@ -55,7 +55,12 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x * (1 + scale) + shift, with (S, D) conditioning broadcast over the sequence (S, L, D)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # one fused pass over x
+
+
+def gated_residual(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """x + gate * out (adaLN-Zero), gate (S, D) broadcast over the sequence; x + out without a gate."""
+    return x + out if gate is None else torch.addcmul(x, gate.unsqueeze(1), out)
 
 
 class Attention(nn.Module):
