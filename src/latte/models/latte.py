@@ -317,7 +317,7 @@ class Latte(nn.Module):
                            lambda: sincos_1d(self.config.hidden_size, np.arange(frames)))
 
     # -- conditioning ---------------------------------------------------------------------------
-    def _context(self, t: torch.Tensor, y, frames: int, video_frames: int, grid: int) -> Context:
+    def _context(self, t: torch.Tensor, y, drop, frames: int, video_frames: int, grid: int) -> Context:
         batch, num_images = t.shape[0], frames - video_frames
         t_emb = self.t_embedder(t)  # (B, D)
         parts = [t_emb[:, None].expand(-1, frames, -1)]  # (B, F, D) per conditioning token
@@ -328,7 +328,8 @@ class Latte(nn.Module):
             y = y.reshape(batch, -1)  # (B, 1) or (B, 1 + num_images)
             if y.shape[1] not in (1, 1 + num_images):
                 raise LatteError(f"labels must be (B,) or (B, 1 + num_images={1 + num_images}), got {tuple(y.shape)}")
-            y_emb = self.y_embedder(y)  # (B, 1 or 1+I, D): one draw of label dropout per label
+            drop = None if drop is None else drop.reshape(y.shape)
+            y_emb = self.y_embedder(y, drop)  # (B, 1 or 1+I, D): one draw of label dropout per label
             images = y_emb[:, 1:] if y.shape[1] > 1 else y_emb[:, :1].expand(-1, num_images, -1)
             parts.append(torch.cat([y_emb[:, :1].expand(-1, video_frames, -1), images], dim=1))
             video.append(y_emb[:, 0])
@@ -341,7 +342,10 @@ class Latte(nn.Module):
         return Context(torch.stack(parts, dim=2), torch.stack(video, dim=1), video_frames, grid, rope, False)
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, num_images: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, num_images: int = 0,
+                drop_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`drop_labels` (bool, y's shape) replaces the chosen labels by the null class (training code
+        passes it to draw label dropout from its own generator); without it the model draws it."""
         c = self.config
         batch, channels, frames, height, width = x.shape
         stride, p = c.temporal_stride, c.patch_size
@@ -357,7 +361,7 @@ class Latte(nn.Module):
         h, w = height // p, width // p
         tokens = self.x_embedder(x) + self.spatial_table(h, w)[:, None]  # (B, F', N, D)
         video_tokens = video_frames // stride
-        ctx = self._context(t, y, tokens.shape[1], video_tokens, h * w)
+        ctx = self._context(t, y, drop_labels, tokens.shape[1], video_tokens, h * w)
         for i, block in enumerate(self.blocks):
             if i == self.temporal_start and c.temporal_pos == "absolute":
                 temp = self.temporal_table(video_tokens)[:, :, None]  # (1, Fv', 1, D)

@@ -138,8 +138,10 @@ class LabelEmbedder(nn.Module):
         self.dropout = dropout
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """`drop` (bool, labels' shape) chooses the dropped labels; without it they are drawn here."""
+        if drop is None and self.training and self.dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+        if drop is not None:
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)

@@ -1,0 +1,251 @@
+"""Typed training configuration: dataclass sections, YAML presets, `--set section.key=value` overrides.
+
+Every key is checked: an unknown key or a value of the wrong type is a one-line LatteError that
+names it and the valid choices. The resolved config is printed at start and stored in every
+checkpoint, so `latte sample` can rebuild the run from the checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from latte.errors import LatteError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+@dataclass
+class ModelSection:
+    name: str = "Latte-T/2"  # registry size/patch; the fields below override it
+    variant: int = 1
+    patch_embed: str = "frame"
+    tubelet_frames: int = 2
+    conditioning: str = "adaln"
+    temporal_pos: str = "absolute"
+    hidden_size: int | None = None  # None: the registry size's width
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    class_conditional: bool = True  # use the dataset's labels when it has them
+    class_dropout: float = 0.1
+    learn_sigma: bool = True
+    grad_checkpointing: bool = False
+    init_from_dit: str | None = None  # path of an ImageNet DiT state dict to initialise from
+
+
+@dataclass
+class DiffusionSection:
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction: str = "epsilon"  # epsilon | v
+
+
+@dataclass
+class DataSection:
+    dataset: str = "moving-mnist"
+    root: str | None = None
+    num_frames: int = 16
+    frame_interval: int = 3
+    resolution: int = 256
+    images_per_clip: int = 0  # image-video joint training: extra frames from other clips
+    vae: str = "none"  # none (pixel space) | diffusers AutoencoderKL folder or hub id
+    cache: str | None = None  # latent cache written by `latte encode`
+    num_workers: int = 2
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.1  # max gradient norm; 0 disables
+    clip_from_step: int = 0  # clipping starts at this step (the official recipe starts later)
+
+
+@dataclass
+class TrainSection:
+    output_dir: str = "runs/latte"
+    max_steps: int = 1000
+    batch_size: int = 8  # global clips per optimizer step (all processes, all accumulation steps)
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    sample_every: int = 0  # write a sample filmstrip every N steps (0: only at the end)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class SampleSection:
+    num_videos: int = 8
+    sampler: str = "ddpm"  # ddpm | ddim | dpm-solver
+    steps: int | None = None  # None: the sampler's default (250 / 50 / 20)
+    cfg_scale: float = 1.0
+    fps: int = 8
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Sections a resumed run must share with its checkpoint (the rest may change between runs).
+RESUME_FIXED = {
+    "model": None, "diffusion": None, "optim": None,
+    "data": ("dataset", "root", "num_frames", "frame_interval", "resolution", "images_per_clip", "vae", "cache"),
+    "train": ("batch_size", "grad_accum", "seed", "ema_decay"),
+}
+
+
+def _coerce(value, annotation, where: str):
+    """Check/convert a YAML value against a field annotation (int, float, str, bool, X | None)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"int": int, "float": float, "str": str, "bool": bool})  # noqa: S307 (own literals)
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise LatteError(f"{where} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _section_fields(section) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section)}
+
+
+def apply_values(config: Config, values: dict, origin: str) -> Config:
+    """Set nested {section: {key: value}} values on config, checking every name and type."""
+    sections = _section_fields(config)
+    if not isinstance(values, dict):
+        raise LatteError(f"{origin}: expected a mapping of sections ({', '.join(sections)})")
+    for section_name, entries in values.items():
+        if section_name not in sections:
+            raise LatteError(f"{origin}: unknown section {section_name!r}; valid: {', '.join(sections)}")
+        section = getattr(config, section_name)
+        fields = _section_fields(section)
+        if not isinstance(entries, dict):
+            raise LatteError(f"{origin}: section {section_name!r} must be a mapping")
+        for key, value in entries.items():
+            if key not in fields:
+                raise LatteError(f"{origin}: unknown key {section_name}.{key}; valid: {', '.join(fields)}")
+            setattr(section, key, _coerce(value, fields[key].type, f"{section_name}.{key}"))
+    return config
+
+
+def parse_override(text: str) -> dict:
+    """`section.key=value` -> {section: {key: value}} (the value parsed as YAML)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise LatteError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    section, name = key.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return {section: {name: value}}
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise LatteError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise LatteError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    return data
+
+
+def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- preset <- config file <- --set overrides (later wins)."""
+    config = Config()
+    if preset is not None:
+        if preset not in list_presets():
+            raise LatteError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
+        apply_values(config, read_yaml(PRESET_DIR / f"{preset}.yaml", "preset"), f"preset {preset}")
+    if config_file is not None:
+        apply_values(config, read_yaml(Path(config_file), "config file"), config_file)
+    for text in overrides:
+        apply_values(config, parse_override(text), f"--set {text}")
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict) -> Config:
+    return apply_values(Config(), data, "checkpoint config")
+
+
+def validate(config: Config) -> None:
+    choices = {
+        ("diffusion", "prediction"): ("epsilon", "v"),
+        ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
+        ("train", "device"): ("auto", "cpu", "cuda"),
+        ("sample", "sampler"): ("ddpm", "ddim", "dpm-solver"),
+    }
+    for (section, key), valid in choices.items():
+        value = getattr(getattr(config, section), key)
+        if value not in valid:
+            raise LatteError(f"{section}.{key} must be one of {', '.join(valid)}, got {value!r}")
+    positive = [("train", "max_steps"), ("train", "batch_size"), ("train", "grad_accum"), ("train", "checkpoint_every"),
+                ("train", "keep_checkpoints"), ("train", "log_every"), ("data", "num_frames"), ("data", "resolution")]
+    for section, key in positive:
+        if getattr(getattr(config, section), key) < 1:
+            raise LatteError(f"{section}.{key} must be >= 1, got {getattr(getattr(config, section), key)}")
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        raise LatteError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if config.optim.lr <= 0:
+        raise LatteError(f"optim.lr must be > 0, got {config.optim.lr}")
+
+
+def resume_differences(stored: dict, current: Config) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and this run's, where they must agree."""
+    now = current.to_dict()
+    diffs = []
+    for section, keys in RESUME_FIXED.items():
+        for key in keys or now[section].keys():
+            old, new = stored.get(section, {}).get(key), now[section][key]
+            if old != new:
+                diffs.append(f"{section}.{key}: checkpoint {old!r}, now {new!r}")
+    return diffs

@@ -1,0 +1,53 @@
+"""`train(config)`: set up, print the resolved config, train, and write sample videos at the end."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from latte.sampling import SampleRequest, generate
+from latte.train import distributed
+from latte.train.config import Config
+from latte.train.trainer import Trainer, describe
+
+
+def sample_request(config: Config, num_videos: int | None = None) -> SampleRequest:
+    s = config.sample
+    return SampleRequest(num_videos=num_videos or s.num_videos, sampler=s.sampler, steps=s.steps,
+                         cfg_scale=s.cfg_scale, seed=config.train.seed, batch_size=s.num_videos)
+
+
+def write_samples(trainer: Trainer, name: str, formats=(".png",)) -> list[Path]:
+    """EMA samples of the current model into <output>/samples/<name>.<format>."""
+    from latte.video_io import save_videos
+
+    videos, _ = generate(trainer.ema, trainer.diffusion, sample_request(trainer.config), vae=trainer.vae,
+                         device=trainer.device, progress=False)
+    folder = trainer.output / "samples"
+    written = []
+    for suffix in formats:
+        written += save_videos(folder / f"{name}{suffix}", videos, fps=trainer.config.sample.fps)
+    return written
+
+
+def train(config: Config, write_samples_at_end: bool = True, log=print) -> Trainer:
+    trainer = Trainer(config, log=log)
+    log = trainer.log  # silent on ranks other than 0
+    if trainer.dist.main:
+        trainer.output.mkdir(parents=True, exist_ok=True)
+        (trainer.output / "config.yaml").write_text(config.to_yaml())
+        log("resolved config:\n" + "\n".join("  " + line for line in config.to_yaml().splitlines()))
+        log(describe(trainer))
+    interim = (lambda tr: log(f"samples at step {tr.step}: {write_samples(tr, f'step_{tr.step:07d}')[0]}"))
+    try:
+        checkpoint = trainer.fit(on_sample=interim)
+        if trainer.dist.main:
+            if checkpoint:
+                log(f"checkpoint: {checkpoint}")
+            if write_samples_at_end:
+                paths = write_samples(trainer, "final", formats=(".png", ".mp4"))
+                log(f"samples: {paths[0]} (filmstrip) and {len(paths) - 1} mp4 file(s) in {paths[0].parent}")
+    finally:
+        distributed.teardown(trainer.dist)
+    sys.stdout.flush()
+    return trainer
+

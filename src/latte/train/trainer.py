@@ -1,0 +1,334 @@
+"""The training loop behind `latte train`: one path for video-only and image-video joint training,
+one process or torchrun, pixel space or VAE latents (on the fly or from a latent cache).
+
+Resume is the same command again: the latest checkpoint in the output directory restores model,
+EMA, optimizer, step, data position and every random generator, so a stopped-and-resumed run ends
+with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from latte.diffusion import GaussianDiffusion
+from latte.errors import LatteError
+from latte.models import Latte, ModelConfig, build_model, init_from_dit, model_config
+from latte.train import distributed
+from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from latte.train.config import Config, resume_differences
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LatteError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_training_data(config: Config):
+    """(dataset, vae or None): from a latent cache, or a dataset decoded on the fly."""
+    from latte.data import build_dataset
+
+    data = config.data
+    if data.cache:
+        from latte.data.cache import LatentCacheDataset
+
+        return LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip), None
+    dataset = build_dataset(data.dataset, data.root, num_frames=data.num_frames, frame_interval=data.frame_interval,
+                            resolution=data.resolution, images_per_clip=data.images_per_clip, seed=config.train.seed)
+    vae = None
+    if data.vae != "none":
+        from latte.vae import load_vae
+
+        vae = load_vae(data.vae)
+    return dataset, vae
+
+
+def dataset_num_classes(dataset) -> int:
+    return int(getattr(dataset, "num_classes", 0) or 0)
+
+
+def make_model_config(config: Config, sample: torch.Tensor, num_classes: int) -> ModelConfig:
+    """Model config for clips shaped like `sample` (C, F, H, W) (latents when a VAE is used)."""
+    m = config.model
+    options = dict(variant=m.variant, patch_embed=m.patch_embed, tubelet_frames=m.tubelet_frames,
+                   conditioning=m.conditioning, temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio,
+                   class_dropout=m.class_dropout, learn_sigma=m.learn_sigma, grad_checkpointing=m.grad_checkpointing,
+                   in_channels=sample.shape[0], num_frames=sample.shape[1], input_size=tuple(sample.shape[2:]),
+                   num_classes=num_classes if m.class_conditional else 0)
+    for key in ("hidden_size", "depth", "num_heads"):
+        if getattr(m, key) is not None:
+            options[key] = getattr(m, key)
+    return model_config(m.name, **options)
+
+
+def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
+    d = config.diffusion
+    return GaussianDiffusion(num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
+                             learn_sigma=learn_sigma, prediction=d.prediction)
+
+
+def rng_state(noise: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "noise": noise.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, noise: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    noise.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, config: Config, log=print):
+        self.config = config
+        self.device = pick_device(config.train.device)
+        self.dist = distributed.setup(self.device)
+        self.log = log if self.dist.main else (lambda *_: None)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        t = config.train
+        if t.batch_size % (t.grad_accum * self.dist.world):
+            raise LatteError(f"train.batch_size {t.batch_size} is not divisible by grad_accum {t.grad_accum} "
+                             f"x {self.dist.world} processes")
+        self.micro = t.batch_size // (t.grad_accum * self.dist.world)
+        self.output = Path(t.output_dir)
+        torch.manual_seed(t.seed + self.dist.rank)
+        np.random.seed(t.seed + self.dist.rank)
+        random.seed(t.seed + self.dist.rank)
+        self.noise = torch.Generator().manual_seed(t.seed + 1)  # the same stream on every rank
+
+        self.dataset, self.vae = build_training_data(config)
+        if len(self.dataset) < 1:
+            raise LatteError("the dataset has no clips")
+        probe = self._latents(self._collate([self.dataset[0]]))[0][0]  # (C, F, H, W) as the model sees it
+        self.num_classes = dataset_num_classes(self.dataset)
+        self.model_config = make_model_config(config, probe[:, :config.data.num_frames], self.num_classes)
+        self.model: Latte = build_model(self.model_config).to(self.device)
+        if config.model.init_from_dit:
+            report = init_from_dit(self.model, config.model.init_from_dit)
+            self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.diffusion = make_diffusion(config, self.model_config.learn_sigma)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                           weight_decay=o.weight_decay)
+        self.step = 0
+        self._resume()
+        net = self.model
+        if t.compile:
+            net = torch.compile(net)
+        self.net = DistributedDataParallel(net) if self.dist.enabled else net
+        mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
+
+    # -- data -------------------------------------------------------------------------------------
+    @staticmethod
+    def _collate(items: list[dict]) -> dict:
+        batch = {"video": torch.stack([it["video"] for it in items])}
+        if "label" in items[0]:
+            batch["label"] = torch.tensor([int(it["label"]) for it in items])
+        if "images" in items[0]:
+            batch["images"] = torch.stack([it["images"] for it in items])
+            if "image_labels" in items[0]:
+                batch["image_labels"] = torch.stack([torch.as_tensor(it["image_labels"]) for it in items])
+        return batch
+
+    def _latents(self, batch: dict) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """(x (B, C, F+I, H, W), num_images, labels (B,) / (B, 1+I) or None) on the device."""
+        x = batch["video"]
+        num_images = 0
+        if "images" in batch:
+            num_images = batch["images"].shape[2]
+            x = torch.cat([x, batch["images"]], dim=2)  # image frames after the video frames
+        x = x.to(self.device, non_blocking=True)
+        if self.vae is not None:
+            x = self.vae.encode(x.to(self.device))
+        labels = batch.get("label")
+        if labels is not None and "image_labels" in batch:
+            labels = torch.cat([labels[:, None], batch["image_labels"]], dim=1)
+        return x, num_images, None if labels is None else labels.to(self.device)
+
+    def _loader(self):
+        t = self.config.train
+        order = distributed.ResumableOrder(len(self.dataset), t.batch_size, t.grad_accum, self.dist, t.seed, self.step)
+        workers = self.config.data.num_workers
+        return iter(torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.micro, sampler=order, num_workers=workers, collate_fn=self._collate,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
+                "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
+                "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
+                "rng": rng_state(self.noise), "world_size": self.dist.world}
+
+    def _resume(self) -> None:
+        if not list_checkpoints(self.output):
+            return
+        state = load_checkpoint(self.output)
+        diffs = resume_differences(state["config"], self.config)
+        if diffs:
+            raise LatteError(f"{self.output} holds a run of another config ({'; '.join(diffs[:3])}); "
+                             "use another --output-dir or the same settings")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        set_rng_state(state["rng"], self.noise)
+        if self.dist.rank:  # the file holds rank 0's torch stream: give other ranks their own again
+            torch.manual_seed(self.config.train.seed + self.dist.rank + self.dist.world * self.step)
+        self.log(f"resumed from {state['path']} at step {self.step}")
+
+    def save(self) -> Path | None:
+        if not self.dist.main:
+            return None
+        return save_checkpoint(self._state(), self.output, self.config.train.keep_checkpoints)
+
+    # -- one optimizer step -----------------------------------------------------------------------
+    def _draw(self, x_shape: torch.Size, label_shape) -> tuple:
+        """Timesteps, noise and label-dropout mask for the whole global batch (same on every rank)."""
+        G = self.config.train.batch_size
+        t = torch.randint(0, self.diffusion.num_timesteps, (G,), generator=self.noise)
+        noise = torch.randn((G, *x_shape[1:]), generator=self.noise)
+        drop = None
+        if label_shape is not None:
+            drop = torch.rand((G, *label_shape[1:]), generator=self.noise) < self.model_config.class_dropout
+        return t, noise, drop
+
+    def train_step(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        t_cfg, o = self.config.train, self.config.optim
+        lr = o.lr * min(1.0, (self.step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.train()
+        total = torch.zeros((), device=self.device)
+        for a in range(t_cfg.grad_accum):
+            x, num_images, y = self._latents(next(loader))
+            if a == 0:  # one draw per step for the global batch; each micro-step takes its rows
+                all_t, all_noise, all_drop = self._draw(x.shape, None if y is None else y.shape)
+            rows = distributed.rows(a, self.micro, self.dist)
+            t, noise = all_t[rows].to(self.device), all_noise[rows].to(self.device)
+            kwargs = {"y": y, "num_images": num_images}
+            if all_drop is not None:
+                kwargs["drop_labels"] = all_drop[rows].to(self.device)
+            sync = a == t_cfg.grad_accum - 1 or not self.dist.enabled
+            context = self.net.no_sync() if not sync else torch.enable_grad()
+            with context, self.autocast:
+                losses = self.diffusion.training_losses(self.net, x, t, model_kwargs=kwargs, noise=noise)
+                loss = losses["loss"].mean() / t_cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise FloatingPointError
+            loss.backward()
+            total += loss.detach()
+        clip = o.grad_clip if (o.grad_clip > 0 and self.step >= o.clip_from_step) else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        self.step += 1
+        return distributed.all_mean(total, self.dist), grad_norm
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.config.train.ema_decay
+        for ema, param in zip(self.ema.parameters(), self.model.parameters()):
+            ema.lerp_(param.detach(), 1.0 - decay)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, on_sample=None) -> Path | None:
+        t_cfg = self.config.train
+        if self.step >= t_cfg.max_steps:
+            self.log(f"nothing to do: {self.output} is already at step {self.step} >= max_steps {t_cfg.max_steps}")
+            return None
+        loader = self._loader()
+        metrics = open(self.output / "metrics.jsonl", "a") if self.dist.main else None
+        writer = self._tensorboard()
+        tokens_per_clip = self._tokens_per_clip()
+        bar = tqdm(total=t_cfg.max_steps, initial=self.step, disable=not self.dist.main, unit="step",
+                   dynamic_ncols=True, desc="train")
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        last_saved = None
+        try:
+            while self.step < t_cfg.max_steps:
+                try:
+                    loss, grad_norm = self.train_step(loader)
+                except FloatingPointError:
+                    good = list_checkpoints(self.output)
+                    where = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
+                    raise LatteError(f"loss became non-finite at step {self.step + 1}; stopped ({where})")
+                window_loss += loss.item()
+                window_steps += 1
+                if self.step % t_cfg.log_every == 0 or self.step == t_cfg.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    clips = window_steps * t_cfg.batch_size / elapsed
+                    record = {"step": self.step, "loss": window_loss / window_steps, "grad_norm": float(grad_norm),
+                              "lr": self.optimizer.param_groups[0]["lr"], "clips_per_s": clips,
+                              "tokens_per_s": clips * tokens_per_clip, "time": time.time()}
+                    if self.device.type == "cuda":
+                        record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    if metrics:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                    if writer:
+                        for key in ("loss", "grad_norm", "lr", "clips_per_s", "tokens_per_s"):
+                            writer.add_scalar(f"train/{key}", record[key], self.step)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips:.1f}")
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                bar.update(1)
+                if self.step % t_cfg.checkpoint_every == 0 or self.step == t_cfg.max_steps:
+                    last_saved = self.save() or last_saved
+                if on_sample and t_cfg.sample_every and self.step % t_cfg.sample_every == 0 and self.step < t_cfg.max_steps:
+                    if self.dist.main:
+                        on_sample(self)
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+            if writer:
+                writer.close()
+        return last_saved
+
+    def _tokens_per_clip(self) -> int:
+        c = self.model_config
+        h, w = (s // c.patch_size for s in c.latent_hw)
+        return h * w * (c.num_frames // c.temporal_stride)
+
+    def _tensorboard(self):
+        if not self.dist.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            return None
+        return SummaryWriter(str(self.output / "tensorboard"))
+
+
+def describe(trainer: Trainer) -> str:
+    c, m = trainer.config, trainer.model
+    return (f"model {trainer.model_config.name}: {m.num_parameters():,} trainable parameters, "
+            f"{trainer.model_config.in_channels}x{trainer.model_config.num_frames}x"
+            f"{trainer.model_config.latent_hw[0]}x{trainer.model_config.latent_hw[1]} inputs, "
+            f"{trainer.num_classes} classes; data {c.data.dataset} ({len(trainer.dataset)} clips); "
+            f"device {trainer.device}, {trainer.dist.world} process(es), micro-batch {trainer.micro}")
+
+
