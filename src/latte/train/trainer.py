@@ -115,6 +115,8 @@ class Trainer:
         self.noise = torch.Generator().manual_seed(t.seed + 1)  # the same stream on every rank
 
         self.dataset, self.vae = build_training_data(config)
+        manifest = getattr(self.dataset, "manifest", None) or {}
+        self.vae_spec = manifest.get("vae", config.data.vae) if config.data.cache else config.data.vae
         if len(self.dataset) < 1:
             raise LatteError("the dataset has no clips")
         probe = self._latents(self._collate([self.dataset[0]]))[0][0]  # (C, F, H, W) as the model sees it
@@ -180,7 +182,7 @@ class Trainer:
                 "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
                 "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
                 "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
-                "rng": rng_state(self.noise), "world_size": self.dist.world}
+                "rng": rng_state(self.noise), "world_size": self.dist.world, "vae": self.vae_spec}
 
     def _resume(self) -> None:
         if not list_checkpoints(self.output):

@@ -1,0 +1,98 @@
+"""`latte sample`: videos from a training checkpoint (EMA weights by default).
+
+`--output` ending in .mp4/.gif/.png/.npz writes that format; an output without a suffix is a
+folder for mass sampling (e.g. 2048 videos for FVD): one mp4 per video named by its index, seeds
+per index, existing files skipped (resumable), indices split across processes under torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from latte.diffusion import SAMPLERS
+from latte.errors import LatteError
+
+SUFFIXES = (".mp4", ".gif", ".png", ".npz")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sample", help="generate videos from a checkpoint",
+        description="Generate videos from a training checkpoint or run directory (its latest checkpoint). "
+                    "The same seed gives the same videos.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--output", required=True,
+                        help="FILE.mp4 | .gif | .png (filmstrip grid) | .npz (raw arrays), or a folder for one mp4 per video")
+    parser.add_argument("--num-videos", type=int, default=4)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sample.sampler")
+    parser.add_argument("--steps", type=int, default=None, help="default: the sampler's default (ddpm 250, ddim 50, dpm-solver 20)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (class models)")
+    parser.add_argument("--class-label", type=int, default=None, help="class of every video (default: cycle classes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: as trained)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--fps", type=int, default=None)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def load_for_sampling(checkpoint: str, use_ema: bool = True):
+    """(model, diffusion, run config, vae or None) from a training checkpoint."""
+    from latte.models import build_model
+    from latte.train.checkpoint import load_checkpoint
+    from latte.train.config import config_from_dict
+    from latte.train.trainer import make_diffusion
+
+    state = load_checkpoint(checkpoint)
+    config = config_from_dict(state["config"])
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    vae_spec = state.get("vae") or "none"
+    vae = None
+    if vae_spec != "none":
+        from latte.vae import load_vae
+
+        vae = load_vae(vae_spec)
+    return model.eval(), make_diffusion(config, model.config.learn_sigma), config, vae
+
+
+def run(args) -> int:
+    from latte.sampling import SampleRequest, generate
+    from latte.train.trainer import pick_device
+    from latte.video_io import save_videos
+
+    output = Path(args.output)
+    folder_mode = output.suffix == ""
+    if not folder_mode and output.suffix not in SUFFIXES:
+        raise LatteError(f"--output must end in {', '.join(SUFFIXES)} or be a folder, got {output}")
+    if args.num_videos < 1 or args.batch_size < 1:
+        raise LatteError("--num-videos and --batch-size must be >= 1")
+    device = pick_device(args.device)
+    model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
+    request = SampleRequest(num_videos=args.num_videos, sampler=args.sampler or config.sample.sampler,
+                            steps=args.steps if args.steps is not None else (None if args.sampler else config.sample.steps),
+                            cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
+                            class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
+                            num_frames=args.num_frames, eta=args.eta)
+    fps = args.fps or config.sample.fps
+    if not folder_mode:
+        videos, _ = generate(model, diffusion, request, vae=vae, device=device)
+        for path in save_videos(output, videos, fps=fps):
+            print(path)
+        return 0
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    output.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(rank, args.num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
+    print(f"rank {rank}: {len(todo)} of {len(range(rank, args.num_videos, world))} videos to generate into {output}")
+    for start in range(0, len(todo), args.batch_size):
+        chunk = todo[start:start + args.batch_size]
+        videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False)
+        for index, video in zip(chunk, videos):
+            save_videos(output / f"{index:06d}.mp4", video[None], fps=fps)
+        print(f"rank {rank}: {start + len(chunk)}/{len(todo)} written", flush=True)
+    return 0
+
