@@ -84,6 +84,8 @@ class C3D(nn.Module):
 def _mean_clip(array: np.ndarray) -> torch.Tensor:
     """TGANv2 mean: (3, 16, 112, 112) as is, a larger (3, 16, H, W) cropped [8:120, 8:120], or (3,) per channel."""
     mean = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    while mean.ndim > 4 and mean.shape[0] == 1:  # e.g. (1, 3, 16, H, W)
+        mean = mean[0]
     if mean.shape == (3,):
         return mean.view(3, 1, 1, 1).expand(3, C3D_FRAMES, C3D_SIZE, C3D_SIZE).clone()
     if mean.ndim == 4 and mean.shape[:2] == (3, C3D_FRAMES) and min(mean.shape[2:]) >= C3D_SIZE:

@@ -7,6 +7,7 @@ everything that determines them (data, clip protocol, metric, detector weights s
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -65,6 +66,20 @@ class Detector:
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return self.run(clips).double().cpu().numpy()
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device):
+    """No TF32 on CUDA while features are extracted: detectors must give float32 results on every GPU."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def pick_device(name: str) -> torch.device:
@@ -215,16 +230,16 @@ def evaluate(options: EvalOptions) -> dict:
     if "is" in detectors and len(fake_clips) < IS_SPLITS:
         raise LatteError(f"IS needs at least {IS_SPLITS} generated clips, {options.fake} has {len(fake_clips)}")
 
-    real_stats, real_origin, cache_files = _real_statistics(options, real_clips, detectors)
-
-    # Generated clips: one pass for every metric.
     fake_running = {m: RunningStats(detectors[m].dim) for m in ("fvd", "fid") if m in detectors}
     probabilities: list[np.ndarray] = []
     consumers = {m: (lambda batch, m=m: fake_running[m].update(detectors[m](batch))) for m in fake_running}
     if "is" in detectors:
         consumers["is"] = lambda batch: probabilities.append(detectors["is"](batch))
-    fake_count = extract(fake_clips, consumers, f"generated features ({', '.join(detectors)})",
-                         options.batch_size, options.workers) if consumers else len(fake_clips)
+    with exact_float32(device):
+        real_stats, real_origin, cache_files = _real_statistics(options, real_clips, detectors)
+        # Generated clips: one pass for every metric.
+        fake_count = extract(fake_clips, consumers, f"generated features ({', '.join(detectors)})",
+                             options.batch_size, options.workers) if consumers else len(fake_clips)
 
     report = {
         "latte_version": latte.__version__,
