@@ -102,7 +102,8 @@ class MovingMNIST(Dataset):
         """Top-left corners (F, 2) as (y, x) of one digit: constant speed, reflected at the edges."""
         room = self.resolution - self.digit_size
         pos = rng.uniform(0, room, size=2)
-        angle = rng.uniform(0, 2 * np.pi)
+        # near one of the 8 compass directions, so a caption can name the motion unambiguously
+        angle = rng.integers(0, 8) * np.pi / 4 + rng.uniform(-np.pi / 16, np.pi / 16)
         velocity = rng.uniform(*self.speed) * np.array([np.sin(angle), np.cos(angle)])
         out = np.empty((self.num_frames, 2))
         for f in range(self.num_frames):
