@@ -168,3 +168,28 @@ def test_folder_sampling_is_resumable(tmp_path):
     assert main(args + ["--num-videos", "5"]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert len(after) == 5 and all(after[n] == t for n, t in first.items())
+
+
+def test_convert_official_checkpoint_then_sample_from_it(tmp_path):
+    from latte.models import create_model
+
+    source = create_model("Latte-T/2", num_frames=4, input_size=8, num_classes=3, in_channels=1)
+    torch.save({"ema": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ffs.pt")
+    assert main(["convert", "--from", "official", "--to", "latte", str(tmp_path / "ffs.pt"), str(tmp_path / "ffs-latte.pt")]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "ffs-latte.pt"), "--output", str(tmp_path / "s.npz"),
+                 "--num-videos", "1", "--sampler", "ddim", "--steps", "2", "--device", "cpu"]) == 0
+    import numpy as np
+
+    assert np.load(tmp_path / "s.npz")["videos"].shape == (1, 1, 4, 8, 8)
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    proc = subprocess.run([sys.executable, "-m", "latte.cli", "convert", "--from", "official", "--to", "latte",
+                           str(tmp_path / "other.pt"), str(tmp_path / "x.pt")], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not a Latte checkpoint" in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    full = train(tiny_config(tmp_path / "full", "train.max_steps=2"), write_samples_at_end=False)
+    accum = train(tiny_config(tmp_path / "accum", "train.max_steps=2", "train.grad_accum=2"), write_samples_at_end=False)
+    for (name, a), b in zip(full.model.state_dict().items(), accum.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
