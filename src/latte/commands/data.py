@@ -1,0 +1,89 @@
+"""`latte data inspect`: what a dataset folder holds as Latte sees it.
+
+    latte data inspect --dataset ucf101 --root /data/UCF-101 --filmstrip ucf.png
+    latte data inspect --dataset captions --root /data/clips/captions.csv --num-frames 8
+
+Prints the clips found, the classes, every skipped file with the reason, the source frame counts and
+the shape of one clip, and writes a filmstrip (a row per sample, a column per frame) when asked.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latte.commands.encode import add_dataset_arguments, dataset_options
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("data", help="inspect a dataset", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    inspect = actions.add_parser("inspect", help="clips, classes, skipped files, a filmstrip",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(inspect)
+    inspect.add_argument("--filmstrip", default=None, metavar="PNG", help="write sample clips as one image")
+    inspect.add_argument("--samples", type=int, default=4, help="clips in the filmstrip (evenly spread)")
+    inspect.add_argument("--show-skipped", type=int, default=50, metavar="N", help="list at most N skipped files")
+    return parser
+
+
+def _relative(path: str, root) -> str:
+    try:
+        return str(Path(path).relative_to(root)) if root is not None else path
+    except ValueError:
+        return path
+
+
+def describe(dataset, name: str, show_skipped: int = 50) -> list[str]:
+    """The report lines of `latte data inspect`."""
+    import numpy as np
+
+    root = getattr(dataset, "root", None)
+    o = dataset.options
+    lines = [f"dataset {name}" + (f" at {root}" if root is not None else " (built in)"),
+             f"clips: {len(dataset)} usable, {len(dataset.skipped)} skipped"]
+    if dataset.class_names is not None:
+        names = dataset.class_names
+        shown = ", ".join(names if len(names) <= 8 else [*names[:4], "...", *names[-3:]])
+        lines.append(f"classes: {len(names)} ({shown})")
+        clips = getattr(dataset, "clips", None)
+        if clips is not None:
+            counts = np.bincount([c.label for c in clips], minlength=len(names))
+            lines.append(f"clips per class: min {counts.min()}, max {counts.max()}")
+    clips = getattr(dataset, "clips", None)
+    if clips:
+        frames = np.array([c.num_frames for c in clips])
+        lines.append(f"frames per source clip: min {frames.min()}, median {int(np.median(frames))}, max {frames.max()}")
+        if any(c.caption is not None for c in clips):
+            lines.append(f"caption example: {clips[0].caption!r}")
+    sample = dataset.load_clip(0)
+    lines.append(f"a clip: {o.num_frames} frames x interval {o.frame_interval} = {o.span} source frames -> "
+                 f"{tuple(sample['video'].shape)} (C, F, H, W)")
+    if dataset.skipped:
+        lines.append("skipped:")
+        lines += [f"  {_relative(p, root)}: {reason}" for p, reason in dataset.skipped[:show_skipped]]
+        if len(dataset.skipped) > show_skipped:
+            lines.append(f"  ... {len(dataset.skipped) - show_skipped} more")
+    return lines
+
+
+def write_filmstrip(dataset, path: str, samples: int) -> Path:
+    import numpy as np
+
+    from latte.video_io import to_uint8, write_filmstrip_png
+
+    count = max(1, min(samples, len(dataset)))
+    picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
+    videos = np.stack([to_uint8(dataset.load_clip(i)["video"]) for i in picks])  # (N, F, H, W, 3)
+    return write_filmstrip_png(path, videos)
+
+
+def run(args) -> int:
+    from latte.data import build_dataset
+
+    dataset = build_dataset(args.dataset, args.root, train=False, **dataset_options(args))
+    print("\n".join(describe(dataset, args.dataset, args.show_skipped)))
+    if args.filmstrip:
+        out = write_filmstrip(dataset, args.filmstrip, args.samples)
+        print(f"filmstrip: {out} ({min(args.samples, len(dataset))} clips x {dataset.options.num_frames} frames)")
+    return 0

@@ -1,0 +1,86 @@
+"""`latte encode`: pre-compute VAE latents of a dataset once into a sharded latent cache.
+
+    latte encode --dataset ucf101 --root /data/UCF-101 --vae ema --output cache/ucf101
+    latte train --preset ucf101 data.cache=cache/ucf101
+
+Clips are the deterministic ones (first temporal crop, centre crop); --crops-per-video spreads more
+crops over each video and --flip adds mirrored copies. Each shard is written atomically: rerun the
+same command to resume an interrupted run (finished shards are kept; other settings are refused).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from latte.errors import LatteError
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """["split_file=a.txt", "length=100"] -> {"split_file": "a.txt", "length": 100} (values read as YAML scalars)."""
+    import yaml
+
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LatteError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --root, the clip options and --option: shared with `latte data inspect`."""
+    from latte.data import DATASET_NAMES
+
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, metavar="NAME",
+                        help=f"one of {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--root", default=None, metavar="DIR",
+                        help="dataset folder (captions: the manifest .csv/.jsonl); not needed for moving-mnist")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--frame-interval", type=int, default=None, metavar="N",
+                        help="stride between clip frames in the source (default 3; moving-mnist 1)")
+    parser.add_argument("--resolution", default=None, metavar="N|HxW",
+                        help="output frame size (default 256; moving-mnist 32)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="dataset-specific option, repeatable (ucf101: split_file=...; moving-mnist: length=...)")
+
+
+def dataset_options(args) -> dict:
+    """build_dataset keyword options from the command line (unset ones: the dataset's defaults)."""
+    options = {"num_frames": args.num_frames, "frame_interval": args.frame_interval, "resolution": args.resolution}
+    return {**{k: v for k, v in options.items() if v is not None}, **parse_options(args.option)}
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("encode", help="pre-compute VAE latents into a latent cache",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser)
+    parser.add_argument("--vae", required=True, metavar="VAE",
+                        help="diffusers AutoencoderKL folder, Hugging Face id, or ema / mse (sd-vae-ft-*)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="cache folder (created; resumed if present)")
+    parser.add_argument("--crops-per-video", type=int, default=1, help="temporal crops per video, evenly spaced")
+    parser.add_argument("--flip", action="store_true", help="also store every clip mirrored")
+    parser.add_argument("--shard-size", type=int, default=256, help="clips per shard file")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per VAE call")
+    parser.add_argument("--chunk-size", type=int, default=32, help="frames per VAE forward pass")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="storage precision of the latents")
+    parser.add_argument("--no-std", action="store_true",
+                        help="store only the posterior mean (half the size; training then sees the VAE's mode)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="video decoding processes")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def run(args) -> int:
+    from latte.data.cache import CacheSettings, encode_dataset
+
+    settings = CacheSettings(dataset=args.dataset, root=args.root, vae=args.vae, options=dataset_options(args),
+                             crops_per_video=args.crops_per_video, mirrored=args.flip, shard_size=args.shard_size,
+                             dtype=args.dtype, store_std=not args.no_std)
+    encode_dataset(args.output, settings, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                   chunk_size=args.chunk_size)
+    return 0
