@@ -1,6 +1,8 @@
 """FrameVAE / load_vae with a tiny random AutoencoderKL written by save_pretrained and loaded back."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -28,9 +30,11 @@ def vae_dir(tmp_path_factory):
     return save_tiny_vae(tmp_path_factory.mktemp("vae"))
 
 
-def test_load_from_folder_frozen_with_spec(vae_dir):
+def test_load_from_folder_frozen_with_spec(vae_dir, monkeypatch):
     vae = load_vae(vae_dir)
-    assert isinstance(vae, FrameVAE) and vae.spec == vae_dir
+    assert isinstance(vae, FrameVAE) and vae.spec == str(Path(vae_dir).resolve())
+    monkeypatch.chdir(Path(vae_dir).parent)  # a relative folder is stored absolute: checkpoints work from anywhere
+    assert load_vae(Path(vae_dir).name).spec == vae.spec
     assert vae.scaling_factor == pytest.approx(0.18215) and vae.latent_channels == 4 and vae.downsample == 2
     assert not vae.model.training and not any(p.requires_grad for p in vae.model.parameters())
     assert load_vae("none") is None and load_vae(None) is None

@@ -27,7 +27,7 @@ class FrameVAE:
 
     The VAE follows its input: called with a tensor on another device, it moves there first.
     Single-channel videos are encoded as grey RGB when the VAE takes three channels.
-    `spec` is the string it was loaded from, stored in checkpoints and latent caches.
+    `spec` is what it was loaded from (a folder as an absolute path), stored in checkpoints and latent caches.
     """
 
     def __init__(self, model, spec: str, chunk_size: int = 32):
@@ -182,6 +182,7 @@ def load_vae(spec: str | None, device: str | torch.device | None = None, dtype: 
     folder = Path(spec).expanduser()
     if folder.is_dir():
         model = _from_folder(folder)
+        spec = str(folder.resolve())  # found again from any working directory (checkpoints, caches)
     elif folder.exists() or spec.startswith(("/", "./", "../", "~", ".\\")) or "\\" in spec:
         raise LatteError(f"VAE {spec!r}: not a folder (give an AutoencoderKL folder or a Hugging Face id)")
     else:

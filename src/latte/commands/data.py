@@ -22,8 +22,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(inspect)
     inspect.add_argument("--filmstrip", default=None, metavar="PNG", help="write sample clips as one image")
-    inspect.add_argument("--samples", type=int, default=4, help="clips in the filmstrip (evenly spread)")
-    inspect.add_argument("--show-skipped", type=int, default=50, metavar="N", help="list at most N skipped files")
+    inspect.add_argument("--samples", type=int, default=4, metavar="N",
+                         help="clips in the filmstrip, evenly spread (default 4)")
+    inspect.add_argument("--show-skipped", type=int, default=50, metavar="N", help="list at most N skipped files (default 50)")
     return parser
 
 

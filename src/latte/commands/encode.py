@@ -1,7 +1,7 @@
 """`latte encode`: pre-compute VAE latents of a dataset once into a sharded latent cache.
 
     latte encode --dataset ucf101 --root /data/UCF-101 --vae ema --output cache/ucf101
-    latte train --preset ucf101 data.cache=cache/ucf101
+    latte train --config ucf101.yaml --data-cache cache/ucf101
 
 Clips are the deterministic ones (first temporal crop, centre crop); --crops-per-video spreads more
 crops over each video and --flip adds mirrored copies. Each shard is written atomically: rerun the
@@ -39,7 +39,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"one of {', '.join(DATASET_NAMES)}")
     parser.add_argument("--root", default=None, metavar="DIR",
                         help="dataset folder (captions: the manifest .csv/.jsonl); not needed for moving-mnist")
-    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--num-frames", type=int, default=16, metavar="N", help="frames per clip (default 16)")
     parser.add_argument("--frame-interval", type=int, default=None, metavar="N",
                         help="stride between clip frames in the source (default 3; moving-mnist 1)")
     parser.add_argument("--resolution", default=None, metavar="N|HxW",
@@ -61,17 +61,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--vae", required=True, metavar="VAE",
                         help="diffusers AutoencoderKL folder, Hugging Face id, or ema / mse (sd-vae-ft-*)")
     parser.add_argument("--output", required=True, metavar="DIR", help="cache folder (created; resumed if present)")
-    parser.add_argument("--crops-per-video", type=int, default=1, help="temporal crops per video, evenly spaced")
+    parser.add_argument("--crops-per-video", type=int, default=1, metavar="N",
+                        help="temporal crops per video, evenly spaced (default 1: the first)")
     parser.add_argument("--flip", action="store_true", help="also store every clip mirrored")
-    parser.add_argument("--shard-size", type=int, default=256, help="clips per shard file")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per VAE call")
-    parser.add_argument("--chunk-size", type=int, default=32, help="frames per VAE forward pass")
+    parser.add_argument("--shard-size", type=int, default=256, metavar="N", help="clips per shard file (default 256)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="clips per VAE call (default 8)")
+    parser.add_argument("--chunk-size", type=int, default=32, metavar="N",
+                        help="frames per VAE forward pass (default 32)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="storage precision of the latents")
+                        help="storage precision of the latents (default float32)")
     parser.add_argument("--no-std", action="store_true",
                         help="store only the posterior mean (half the size; training then sees the VAE's mode)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="video decoding processes")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="video decoding processes (default: up to 4)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="VAE device (default auto)")
     return parser
 
 

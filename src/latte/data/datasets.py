@@ -147,14 +147,11 @@ class ClipDataset(Dataset):
         return item
 
     def _key(self, key) -> tuple[int, torch.Generator | None]:
-        if isinstance(key, (tuple, list)):
-            index, draw = int(key[0]), int(key[1])
-            generator = keyed_generator(self.options.seed, index, draw)
-        else:
-            index, generator = int(key), None
+        index, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
         if not -len(self) <= index < len(self):
             raise IndexError(f"clip {index} out of range ({len(self)} clips)")
-        return index % len(self), generator
+        index %= len(self)
+        return index, None if draw is None else keyed_generator(self.options.seed, index, draw)
 
     def load_clip(self, index: int, start: int = 0, flip: bool = False) -> dict:
         """Clip `index` from source frame `start` (every frame_interval-th frame), centre-cropped."""
