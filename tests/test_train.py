@@ -110,7 +110,7 @@ class FewClips(torch.utils.data.Dataset):
 
 
 def test_loss_goes_down_when_overfitting_a_few_clips(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "build_training_data", lambda config: (FewClips(), None))
+    monkeypatch.setattr(trainer_module, "build_training_data", lambda config: (FewClips(), None, True))
     config = tiny_config(tmp_path, "train.max_steps=150", "train.checkpoint_every=1000", "train.log_every=25",
                          "optim.lr=3e-3", "model.hidden_size=64", "model.learn_sigma=false")
     trainer = trainer_module.Trainer(config)

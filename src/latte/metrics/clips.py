@@ -123,7 +123,8 @@ class DatasetClips(ClipSet):
         self.source = f"{name}:{self.root.resolve()}"
         try:
             self.dataset = build_dataset(name, str(self.root), num_frames=protocol.frames,
-                                         frame_interval=protocol.stride, resolution=protocol.resolution)
+                                         frame_interval=protocol.stride, resolution=protocol.resolution,
+                                         flip=False)  # evaluation reads frames as they are
         except (KeyError, ValueError) as exc:
             raise LatteError(f"cannot open dataset {name} at {self.root}: {exc}") from None
         if len(self.dataset) == 0:

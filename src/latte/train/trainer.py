@@ -35,22 +35,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_training_data(config: Config):
-    """(dataset, vae or None): from a latent cache, or a dataset decoded on the fly."""
+    """(dataset, vae or None, encode): clips decoded on the fly (encoded by the VAE when one is set:
+    encode=True), or latents from a cache (its VAE is loaded only to decode samples: encode=False)."""
     from latte.data import build_dataset
+    from latte.vae import load_vae
 
     data = config.data
     if data.cache:
         from latte.data.cache import LatentCacheDataset
 
-        return LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip), None
+        dataset = LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip, seed=config.train.seed)
+        return dataset, load_vae(dataset.manifest.get("vae", "none")), False
     dataset = build_dataset(data.dataset, data.root, num_frames=data.num_frames, frame_interval=data.frame_interval,
                             resolution=data.resolution, images_per_clip=data.images_per_clip, seed=config.train.seed)
-    vae = None
-    if data.vae != "none":
-        from latte.vae import load_vae
-
-        vae = load_vae(data.vae)
-    return dataset, vae
+    return dataset, load_vae(data.vae), True
 
 
 def dataset_num_classes(dataset) -> int:
@@ -114,9 +112,8 @@ class Trainer:
         random.seed(t.seed + self.dist.rank)
         self.noise = torch.Generator().manual_seed(t.seed + 1)  # the same stream on every rank
 
-        self.dataset, self.vae = build_training_data(config)
-        manifest = getattr(self.dataset, "manifest", None) or {}
-        self.vae_spec = manifest.get("vae", config.data.vae) if config.data.cache else config.data.vae
+        self.dataset, self.vae, self.encode_batches = build_training_data(config)
+        self.vae_spec = self.vae.spec if self.vae is not None else "none"
         if len(self.dataset) < 1:
             raise LatteError("the dataset has no clips")
         probe = self._latents(self._collate([self.dataset[0]]))[0][0]  # (C, F, H, W) as the model sees it
@@ -160,8 +157,8 @@ class Trainer:
             num_images = batch["images"].shape[2]
             x = torch.cat([x, batch["images"]], dim=2)  # image frames after the video frames
         x = x.to(self.device, non_blocking=True)
-        if self.vae is not None:
-            x = self.vae.encode(x.to(self.device))
+        if self.vae is not None and self.encode_batches:
+            x = self.vae.encode(x)
         labels = batch.get("label")
         if labels is not None and "image_labels" in batch:
             labels = torch.cat([labels[:, None], batch["image_labels"]], dim=1)
