@@ -148,4 +148,12 @@ def test_bad_sampler_arguments_are_clear_errors():
     with pytest.raises(LatteError, match="guidance needs"):
         sample(lambda x, t: x, (1, 1, 1, 2, 2), GaussianDiffusion(), "ddim", cfg_scale=3.0)
     with pytest.raises(LatteError, match="prediction"):
-        GaussianDiffusion(prediction="x0")
+        GaussianDiffusion(prediction="score")
+
+
+def test_x0_prediction_targets_the_clean_clip():
+    diffusion = GaussianDiffusion(prediction="x0", learn_sigma=False)
+    x0, noise, t = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([3, 900])
+    assert torch.equal(diffusion.target(x0, t, noise), x0)
+    assert torch.equal(diffusion.predict_x0(diffusion.q_sample(x0, t, noise), t, x0), x0)
+    assert make_scheduler(diffusion, "ddim").config.prediction_type == "sample"

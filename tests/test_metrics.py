@@ -228,8 +228,8 @@ def test_dataset_name_spec_goes_through_latte_data_build_dataset(monkeypatch):
             video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (C, F, H, W)
             return {"video": video, "label": index}
 
-    def build_dataset(name, root, num_frames, frame_interval, resolution):
-        calls.update(name=name, num_frames=num_frames, frame_interval=frame_interval, resolution=resolution)
+    def build_dataset(name, root, num_frames, frame_interval, resolution, flip):
+        calls.update(name=name, num_frames=num_frames, frame_interval=frame_interval, resolution=resolution, flip=flip)
         return RandomStartClips(root, num_frames, frame_interval)
 
     monkeypatch.setitem(sys.modules, "latte.data", types.SimpleNamespace(build_dataset=build_dataset))
@@ -237,7 +237,7 @@ def test_dataset_name_spec_goes_through_latte_data_build_dataset(monkeypatch):
 
     protocol = ClipProtocol(stride=2, resolution=32, num_clips=5, seed=3)
     clips = open_real(f"carphone:{VIDEO_DIR / 'carphone_pristine.mp4'}", protocol)
-    assert calls == {"name": "carphone", "num_frames": 16, "frame_interval": 2, "resolution": 32}
+    assert calls == {"name": "carphone", "num_frames": 16, "frame_interval": 2, "resolution": 32, "flip": False}
     assert len(clips) == 5 and clips.source.startswith("carphone:")
     torch.manual_seed(123)
     first = [clips[i] for i in range(5)]

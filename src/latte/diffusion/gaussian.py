@@ -12,7 +12,7 @@ import torch
 
 from latte.errors import LatteError
 
-PREDICTIONS = ("epsilon", "v")
+PREDICTIONS = ("epsilon", "v", "x0")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -79,15 +79,19 @@ class GaussianDiffusion:
         return self._at(self.alphas_cumprod.sqrt(), t, x0) * x0 + self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * noise
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """What the model learns: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)."""
+        """What the model learns: eps, x0, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)."""
         if self.prediction == "epsilon":
             return noise
+        if self.prediction == "x0":
+            return x0
         return self._at(self.alphas_cumprod.sqrt(), t, x0) * noise - self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * x0
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         a, s = self._at(self.alphas_cumprod.sqrt(), t, x_t), self._at((1 - self.alphas_cumprod).sqrt(), t, x_t)
         if self.prediction == "epsilon":
             return (x_t - s * prediction) / a
+        if self.prediction == "x0":
+            return prediction
         return a * x_t - s * prediction
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

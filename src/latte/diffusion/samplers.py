@@ -27,7 +27,7 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str):
 
     common = dict(num_train_timesteps=diffusion.num_timesteps, beta_start=diffusion.beta_start,
                   beta_end=diffusion.beta_end, beta_schedule="linear",
-                  prediction_type="epsilon" if diffusion.prediction == "epsilon" else "v_prediction")
+                  prediction_type={"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}[diffusion.prediction])
     if sampler == "ddpm":
         variance = "learned_range" if diffusion.learn_sigma else "fixed_small"
         return DDPMScheduler(variance_type=variance, clip_sample=False, **common)

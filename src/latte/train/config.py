@@ -43,7 +43,7 @@ class DiffusionSection:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    prediction: str = "epsilon"  # epsilon | v
+    prediction: str = "epsilon"  # epsilon | v | x0
 
 
 @dataclass
@@ -224,7 +224,7 @@ def config_from_dict(data: dict) -> Config:
 
 def validate(config: Config) -> None:
     choices = {
-        ("diffusion", "prediction"): ("epsilon", "v"),
+        ("diffusion", "prediction"): ("epsilon", "v", "x0"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
         ("train", "device"): ("auto", "cpu", "cuda"),
         ("sample", "sampler"): ("ddpm", "ddim", "dpm-solver"),
