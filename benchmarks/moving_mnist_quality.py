@@ -3,7 +3,7 @@
     python benchmarks/moving_mnist_quality.py --checkpoint runs/moving-mnist [--per-class 5]
 
 A small CNN digit classifier is trained here (about a minute on 2 CPU cores) on frames of real
-Moving MNIST clips from the test digit pool; it then reads every frame of class-conditional
+Moving MNIST clips (train digit pool; its accuracy is measured on the disjoint test pool); it then reads every frame of class-conditional
 samples. Printed figures:
 - real-frame accuracy of the classifier (its own ceiling, on held-out real frames);
 - sample accuracy: fraction of sampled frames classified as the requested digit (chance 10%);
@@ -41,7 +41,7 @@ def frames_and_labels(dataset: MovingMNIST, count: int) -> tuple[torch.Tensor, t
 
 def train_classifier(resolution: int, frames: int, seconds: float, seed: int = 0) -> tuple[nn.Module, float]:
     torch.manual_seed(seed)
-    train = MovingMNIST(num_frames=frames, resolution=resolution, split="test", length=4000, seed=seed + 1)
+    train = MovingMNIST(num_frames=frames, resolution=resolution, split="train", length=4000, seed=seed + 1)
     held = MovingMNIST(num_frames=frames, resolution=resolution, split="test", length=200, seed=seed + 2)
     x, y = frames_and_labels(train, len(train))
     net, opt = classifier(), None
