@@ -6,7 +6,9 @@ import torch
 from latte.models.checkpoints import (TransferReport, copy_matching, infer_config, init_from_dit,
                                       load_official_checkpoint, read_state_dict)
 from latte.models.config import MODEL_NAMES, SIZES, ModelConfig, model_config
+from latte.models.diffusers_interop import export_diffusers_transformer, init_from_pixart, load_diffusers_transformer
 from latte.models.latte import Latte
+from latte.models.text import LatteT2V, T2VConfig, create_t2v_model
 
 
 def create_model(name: str, **options) -> Latte:
@@ -44,4 +46,6 @@ __all__ = [
     "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TransferReport", "build_model", "copy_matching",
     "create_model", "forward_flops", "infer_config", "init_from_dit", "load_official_checkpoint",
     "model_config", "read_state_dict",
+    "LatteT2V", "T2VConfig", "create_t2v_model", "export_diffusers_transformer", "init_from_pixart",
+    "load_diffusers_transformer",
 ]
