@@ -257,3 +257,4 @@ def test_wrong_folders_and_models_give_one_line_errors(tmp_path, diffusers_folde
     one_line_error(T2VConfig.from_dict, {"hidden": 3}, match="unknown")
     x, t, text, _ = inputs()
     one_line_error(tiny(), x, t, text[..., :8], match="encoder_hidden_states")
+    one_line_error(tiny(), x, t, text, torch.ones(2, 3, TOKENS), match="encoder_attention_mask")

@@ -166,7 +166,8 @@ def config_from_diffusers(config: dict) -> T2VConfig:
     in_channels = config.get("in_channels")
     cross = config.get("cross_attention_dim")
     required = [
-        (config.get("norm_type") == "ada_norm_single", f"norm_type {config.get('norm_type')!r} (need 'ada_norm_single')"),
+        (config.get("norm_type") == "ada_norm_single",
+         f"norm_type {config.get('norm_type')!r} (need 'ada_norm_single')"),
         (config.get("activation_fn") == "gelu-approximate",
          f"activation_fn {config.get('activation_fn')!r} (need 'gelu-approximate')"),
         (not config.get("norm_elementwise_affine", True), "norm_elementwise_affine true (need false)"),
@@ -217,8 +218,9 @@ def load_diffusers_transformer(folder, variant: str | None = None, dtype: torch.
     missing = sorted(set(expected) - set(ours))
     wrong = sorted(k for k in ours if ours[k].shape != expected[k])
     if missing or unused or wrong:
-        raise LatteError(f"weights in {folder} do not match their config: {len(missing)} missing (e.g. {missing[:2]}), "
-                         f"{len(unused)} unexpected (e.g. {unused[:2]}), {len(wrong)} of other shape (e.g. {wrong[:2]})")
+        raise LatteError(f"weights in {folder} do not match their config: {len(missing)} missing "
+                         f"(e.g. {missing[:2]}), {len(unused)} unexpected (e.g. {unused[:2]}), "
+                         f"{len(wrong)} of other shape (e.g. {wrong[:2]})")
     if dtype is not None:
         ours = {k: v.to(dtype) for k, v in ours.items()}
     model.load_state_dict(ours, strict=True, assign=True)  # meta parameters become the loaded tensors
@@ -252,7 +254,8 @@ def init_from_pixart(model: LatteT2V, folder, variant: str | None = None) -> Tra
     config = read_diffusers_config(folder)
     name = config.get("_class_name")
     if name == LATTE_CLASS:
-        raise LatteError(f"this is a Latte transformer ({LATTE_CLASS}), not PixArt-alpha: use load_diffusers_transformer")
+        raise LatteError(f"this is a Latte transformer ({LATTE_CLASS}), not PixArt-alpha: "
+                         "use load_diffusers_transformer")
     if name not in PIXART_CLASSES or config.get("norm_type") != "ada_norm_single":
         raise LatteError(f"not a diffusers PixArt-alpha transformer folder (config _class_name is {name!r}, "
                          f"norm_type {config.get('norm_type')!r})")

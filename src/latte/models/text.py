@@ -60,9 +60,11 @@ class T2VConfig:
             (self.hidden_size % 4 == 0, f"hidden_size must be divisible by 4 for 2-D sin-cos, got {self.hidden_size}"),
             (self.temporal_pos in TEMPORAL_POSITIONS,
              f"temporal_pos must be one of {TEMPORAL_POSITIONS}, got {self.temporal_pos!r}"),
-            (self.temporal_pos != "rope" or self.head_dim % 2 == 0, f"rope needs an even head size, got {self.head_dim}"),
+            (self.temporal_pos != "rope" or self.head_dim % 2 == 0,
+             f"rope needs an even head size, got {self.head_dim}"),
             (self.out_channels in (self.in_channels, 2 * self.in_channels),
-             f"out_channels must be in_channels ({self.in_channels}) or twice it (learned sigma), got {self.out_channels}"),
+             f"out_channels must be in_channels ({self.in_channels}) or twice it (learned sigma), "
+             f"got {self.out_channels}"),
             (self.sample_size % self.patch_size == 0,
              f"sample_size {self.sample_size} is not divisible by patch_size {self.patch_size}"),
             (self.caption_channels >= 1, f"caption_channels must be >= 1, got {self.caption_channels}"),
@@ -98,7 +100,8 @@ class T2VConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LatteError(f"unknown text-to-video model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise LatteError(f"unknown text-to-video model option(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(known))}")
         return cls(**data)
 
 
@@ -152,24 +155,26 @@ class CrossAttention(nn.Module):
         """(S, M, D) -> (S, H, M, hd)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, bias: torch.Tensor | None, video_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor, bias: torch.Tensor | None,
+                video_frames: int) -> torch.Tensor:
         """x (B, F, N, D); text (B, G, L, D) with G = 1 (one caption per clip) or 1 + images (video
         caption, then one per image frame); bias (B, G, L) or None. -> (B, F, N, D)."""
-        batch, frames, n, dim = x.shape
-        groups = text.shape[1]
-        k, v = self.kv(text).unflatten(-1, (2, self.num_heads, self.head_dim)).permute(3, 0, 1, 4, 2, 5)  # (B, G, H, L, hd)
+        batch, frames, n, _ = x.shape
+        kv = self.kv(text).unflatten(-1, (2, self.num_heads, self.head_dim))  # (B, G, L, 2, H, hd)
+        k, v = kv.permute(3, 0, 1, 4, 2, 5)  # (B, G, H, L, hd) each
         q = self.q(x)  # (B, F, N, D)
-        bias = None if bias is None else bias.flatten(0, 1)  # (B*G, L)
-        if groups == 1:  # every frame attends to the clip's caption: one sequence of F*N queries
-            out = attend(self._heads(q.flatten(1, 2)), k[:, 0], v[:, 0], bias)  # (B, F*N, D)
+
+        def group(index):  # keys, values, bias of caption group `index` (an int or the image slice)
+            pick = (lambda t: t[:, index]) if isinstance(index, int) else (lambda t: t[:, index].flatten(0, 1))
+            return pick(k), pick(v), None if bias is None else pick(bias)
+
+        if text.shape[1] == 1:  # every frame attends to the clip's caption: one sequence of F*N queries
+            out = attend(self._heads(q.flatten(1, 2)), *group(0))  # (B, F*N, D)
             return self.proj(out).unflatten(1, (frames, n))
         fv = video_frames
-        video = attend(self._heads(q[:, :fv].flatten(1, 2)), k[:, 0], v[:, 0],
-                       None if bias is None else bias.unflatten(0, (batch, groups))[:, 0])  # (B, Fv*N, D)
-        images = attend(self._heads(q[:, fv:].flatten(0, 1)), k[:, 1:].flatten(0, 1), v[:, 1:].flatten(0, 1),
-                        None if bias is None else bias.unflatten(0, (batch, groups))[:, 1:].flatten(0, 1))  # (B*I, N, D)
-        out = torch.cat([video.unflatten(1, (fv, n)), images.unflatten(0, (batch, -1))], dim=1)  # (B, F, N, D)
-        return self.proj(out)
+        video = attend(self._heads(q[:, :fv].flatten(1, 2)), *group(0)).unflatten(1, (fv, n))  # (B, Fv, N, D)
+        images = attend(self._heads(q[:, fv:].flatten(0, 1)), *group(slice(1, None)))  # (B*I, N, D)
+        return self.proj(torch.cat([video, images.unflatten(0, (batch, -1))], dim=1))
 
 
 class CaptionProjection(nn.Module):
@@ -327,7 +332,9 @@ class LatteT2V(nn.Module):
                              f"(B, 1 + num_images={1 + num_images}, L, {c.caption_channels}), got {tuple(text.shape)}")
         bias = None
         if mask is not None:
-            if mask.shape[0] != batch or mask.shape[-1] != text.shape[2] or mask.ndim not in (2, 3):
+            groups = 1 if mask.ndim == 2 else mask.shape[1]
+            if mask.ndim not in (2, 3) or mask.shape[0] != batch or mask.shape[-1] != text.shape[2] \
+                    or groups not in (1, text.shape[1]):
                 raise LatteError(f"encoder_attention_mask must be (B, L) or (B, G, L) matching captions "
                                  f"{tuple(text.shape[:3])}, got {tuple(mask.shape)}")
             mask = mask.reshape(batch, -1, mask.shape[-1]).expand(-1, text.shape[1], -1)  # (B, G, L)
