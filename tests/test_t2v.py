@@ -258,3 +258,16 @@ def test_wrong_folders_and_models_give_one_line_errors(tmp_path, diffusers_folde
     x, t, text, _ = inputs()
     one_line_error(tiny(), x, t, text[..., :8], match="encoder_hidden_states")
     one_line_error(tiny(), x, t, text, torch.ones(2, 3, TOKENS), match="encoder_attention_mask")
+
+
+def test_convert_cli_round_trips_a_diffusers_folder(tmp_path):
+    from latte.cli import main
+    from latte.models import create_t2v_model, export_diffusers_transformer, load_diffusers_transformer
+
+    model = create_t2v_model("LatteT2V-T")
+    export_diffusers_transformer(model, tmp_path / "in")
+    assert main(["convert", "--from", "diffusers", "--to", "diffusers", str(tmp_path / "in"), str(tmp_path / "out")]) == 0
+    again = load_diffusers_transformer(tmp_path / "out")
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert main(["convert", "--from", "diffusers", "--to", "latte", str(tmp_path / "in"), str(tmp_path / "x.pt")]) == 2

@@ -35,6 +35,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int, default=16, help="frames of the target model (--from dit/pixart)")
     parser.add_argument("--num-classes", type=int, default=0, help="classes of the target model (--from dit)")
     parser.add_argument("--input-size", type=int, default=32, help="latent size of the target model (--from dit)")
+    parser.add_argument("--t2v-model", default="Latte-1", help="text-to-video size initialised by --from pixart")
     return parser
 
 
@@ -68,20 +69,21 @@ def run(args) -> int:
 
         model = load_for_sampling(args.input)[0]
     elif source == "diffusers":
-        if not hasattr(models, "load_diffusers_transformer"):
-            raise LatteError("diffusers import needs the text-to-video model, not installed in this version")
         model = models.load_diffusers_transformer(args.input)
-    else:  # pixart
-        if not hasattr(models, "init_from_pixart"):
-            raise LatteError("PixArt-alpha import needs the text-to-video model, not installed in this version")
-        model, report = models.init_from_pixart(args.input, num_frames=args.num_frames)
+    else:  # pixart: spatial blocks, patch embedding, adaLN-single and caption projection copied
+        model = models.create_t2v_model(args.t2v_model, num_frames=args.num_frames)
+        report = models.init_from_pixart(model, args.input)
     if report is not None:
         print(report.summary())
+    text_model = isinstance(model, models.LatteT2V)
     if target == "latte":
+        if text_model:
+            raise LatteError("text-to-video models convert to the diffusers layout (--to diffusers) in this version")
         latte_file(model, output, args.vae, f"{source}:{args.input}")
     else:
-        if not hasattr(models, "export_diffusers_transformer"):
-            raise LatteError("diffusers export needs the text-to-video model, not installed in this version")
+        if not text_model:
+            raise LatteError("only text-to-video models have a diffusers layout (LatteTransformer3DModel); "
+                             "class/unconditional models convert --to latte")
         models.export_diffusers_transformer(model, output)
     print(f"wrote {output} ({model.num_parameters():,} parameters)")
     return 0
