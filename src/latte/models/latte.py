@@ -242,6 +242,17 @@ class FinalLayer(nn.Module):
         return self.linear(h)
 
 
+def check_video_input(x: torch.Tensor, in_channels: int, patch: int, num_images: int) -> None:
+    """One-line errors for a video batch (B, C, F, H, W) a model cannot take."""
+    _, channels, frames, height, width = x.shape
+    if channels != in_channels:
+        raise LatteError(f"model expects {in_channels} input channels, got {channels}")
+    if height % patch or width % patch:
+        raise LatteError(f"frame size {height}x{width} is not divisible by patch size {patch}")
+    if not 0 <= num_images < frames:
+        raise LatteError(f"num_images={num_images} must leave at least one video frame of {frames}")
+
+
 def block_kinds(variant: int, depth: int) -> list[str]:
     """Sequence of block kinds for a variant (see the table in config.py)."""
     return {
@@ -350,12 +361,7 @@ class Latte(nn.Module):
         batch, channels, frames, height, width = x.shape
         stride, p = c.temporal_stride, c.patch_size
         video_frames = frames - num_images
-        if channels != c.in_channels:
-            raise LatteError(f"model expects {c.in_channels} input channels, got {channels}")
-        if height % p or width % p:
-            raise LatteError(f"frame size {height}x{width} is not divisible by patch size {p}")
-        if not 0 <= num_images < frames:
-            raise LatteError(f"num_images={num_images} must leave at least one video frame of {frames}")
+        check_video_input(x, c.in_channels, p, num_images)
         if stride > 1 and (num_images or video_frames % stride):
             raise LatteError(f"tubelet patches need a frame count divisible by {stride} and no image frames")
         h, w = height // p, width // p

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latte.errors import LatteError
 from latte.models.config import TEMPORAL_POSITIONS
-from latte.models.latte import (PatchEmbed, from_spatial, from_temporal, to_spatial, to_temporal,
+from latte.models.latte import (PatchEmbed, check_video_input, from_spatial, from_temporal, to_spatial, to_temporal,
                                 with_images)
 from latte.models.layers import (Attention, Mlp, TimestepEmbedder, gated_residual, modulate, rope_angles,
                                  sincos_1d)
@@ -353,12 +353,7 @@ class LatteT2V(nn.Module):
         c = self.config
         batch, channels, frames, height, width = x.shape
         p = c.patch_size
-        if channels != c.in_channels:
-            raise LatteError(f"model expects {c.in_channels} input channels, got {channels}")
-        if height % p or width % p:
-            raise LatteError(f"frame size {height}x{width} is not divisible by patch size {p}")
-        if not 0 <= num_images < frames:
-            raise LatteError(f"num_images={num_images} must leave at least one video frame of {frames}")
+        check_video_input(x, c.in_channels, p, num_images)
         video_frames, h, w = frames - num_images, height // p, width // p
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t
         tokens = self.x_embedder(x) + self.spatial_table(h, w, x.device).to(x.dtype)  # (B, F, N, D)
