@@ -61,7 +61,7 @@ class MovingMNISTClips(Dataset):
         item = self.load_clip(index, flip=o.train and self.flip and randint(2, generator) == 1)
         if o.images_per_clip:
             generator = generator if o.train else keyed_generator(o.seed, index, -1)
-            frames, labels = [], []
+            frames, labels, captions = [], [], []
             for _ in range(o.images_per_clip):
                 other = randint(len(self) - 1, generator) if len(self) > 1 else 0
                 if len(self) > 1 and other >= index:  # any clip but this one
@@ -71,8 +71,10 @@ class MovingMNISTClips(Dataset):
                 frame = video["video"][:, t:t + 1]  # (C, 1, H, W)
                 frames.append(frame.flip(-1) if o.train and self.flip and randint(2, generator) == 1 else frame)
                 labels.append(int(video["label"]))
+                captions.append(video["caption"])
             item["images"] = torch.cat(frames, dim=1)  # (C, N, H, W)
             item["image_labels"] = torch.tensor(labels, dtype=torch.long)
+            item["image_captions"] = captions
         return item
 
     def load_clip(self, index: int, start: int = 0, flip: bool = False) -> dict:

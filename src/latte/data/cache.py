@@ -320,7 +320,7 @@ class LatentCacheDataset(Dataset):
         if self.captions[index] is not None:
             item["caption"] = self.captions[index]
         if self.images_per_clip:
-            frames, labels = [], []
+            frames, labels, captions = [], [], []
             num_frames = self.manifest["latent_shape"][1]
             for _ in range(self.images_per_clip):
                 other = randint(len(self) - 1, generator) if len(self) > 1 else 0
@@ -328,7 +328,10 @@ class LatentCacheDataset(Dataset):
                     other += 1
                 frames.append(self._latent(other, randint(num_frames, generator), generator))  # (C, 1, h, w)
                 labels.append(int(self.labels[other]))
+                captions.append(self.captions[other])
             item["images"] = torch.cat(frames, dim=1)  # (C, N, h, w)
             if self.num_classes:
                 item["image_labels"] = torch.tensor(labels, dtype=torch.long)
+            if None not in captions:
+                item["image_captions"] = captions
         return item

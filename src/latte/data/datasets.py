@@ -2,7 +2,8 @@
 
 Every dataset yields dicts: "video" float (C, F, H, W) in [-1, 1], "label" (class data sets), "caption"
 (caption data sets) and, for image-video joint training (paper Sec. 3.3), "images" (C, N, H, W): one
-frame from each of N other random clips, with "image_labels" (N,) when there are classes.
+frame from each of N other random clips, with "image_labels" (N,) when there are classes and
+"image_captions" (N strings) when there are captions.
 
 Randomness (temporal crop start, flip, image frames) comes from torch's global generator, which
 DataLoader seeds per worker; `dataset[(index, draw)]` instead draws from a generator seeded by
@@ -177,7 +178,7 @@ class ClipDataset(Dataset):
 
     def _images(self, index: int, generator: torch.Generator | None) -> dict:
         """One random frame from each of images_per_clip other random clips (paper's image-video joint training)."""
-        frames, labels = [], []
+        frames, labels, captions = [], [], []
         for _ in range(self.options.images_per_clip):
             other = randint(len(self) - 1, generator) if len(self) > 1 else 0
             if len(self) > 1 and other >= index:  # any clip but this one
@@ -191,9 +192,12 @@ class ClipDataset(Dataset):
                 raise LatteError(f"{self.name}: {exc}") from None
             frames.append(frames_to_clip(pixels, self.size, self.spatial, flip))  # (C, 1, H, W)
             labels.append(clip.label)
+            captions.append(clip.caption)
         out = {"images": torch.cat(frames, dim=1)}  # (C, N, H, W)
         if self.class_names is not None:
             out["image_labels"] = torch.tensor(labels, dtype=torch.long)
+        if None not in captions:
+            out["image_captions"] = captions  # text-to-video: each image frame with its own clip's caption
         return out
 
 

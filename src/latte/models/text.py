@@ -88,6 +88,10 @@ class T2VConfig:
         return self.sample_size, self.sample_size
 
     @property
+    def temporal_stride(self) -> int:
+        return 1  # frame patches only
+
+    @property
     def interpolation_scale(self) -> int:
         """PixArt-alpha's position scale: positions shrink by sample_size // 64 for larger models."""
         return max(self.sample_size // 64, 1)

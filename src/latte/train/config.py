@@ -21,7 +21,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 @dataclass
 class ModelSection:
-    name: str = "Latte-T/2"  # registry size/patch; the fields below override it
+    name: str = "Latte-T/2"  # registry size/patch (text models: LatteT2V-T, Latte-1); the fields below override it
     variant: int = 1
     patch_embed: str = "frame"
     tubelet_frames: int = 2
@@ -30,12 +30,17 @@ class ModelSection:
     hidden_size: int | None = None  # None: the registry size's width
     depth: int | None = None
     num_heads: int | None = None
+    patch_size: int | None = None  # None: the name's
     mlp_ratio: float = 4.0
     class_conditional: bool = True  # use the dataset's labels when it has them
     class_dropout: float = 0.1
     learn_sigma: bool = True
     grad_checkpointing: bool = False
     init_from_dit: str | None = None  # path of an ImageNet DiT state dict to initialise from
+    # Text-to-video (LatteT2V): set text_encoder to train on the dataset's captions.
+    text_encoder: str | None = None  # minilm (offline all-MiniLM-L6-v2) | Hugging Face folder or hub id (T5 ...)
+    text_max_length: int | None = None  # caption tokens; None: 120 for T5, 32 for other encoders
+    caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
 
 
 @dataclass
@@ -222,7 +227,39 @@ def config_from_dict(data: dict) -> Config:
     return apply_values(Config(), data, "checkpoint config")
 
 
+# Model keys that only one kind of model reads: a changed value for the other kind is an error, not ignored.
+CLASS_MODEL_KEYS = ("variant", "patch_embed", "tubelet_frames", "conditioning", "mlp_ratio", "class_conditional",
+                    "class_dropout", "init_from_dit")
+TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout")
+
+
+def validate_model(m: ModelSection) -> None:
+    """Class/unconditional Latte or text-to-video LatteT2V (model.text_encoder set): names and keys agree."""
+    from latte.models.text import T2V_MODELS
+    from latte.text_encoder import resolve_text_encoder
+
+    text = m.text_encoder is not None
+    defaults = ModelSection()
+    if text and m.name not in T2V_MODELS:
+        raise LatteError(f"model.text_encoder is set, so model.name must be a text-to-video model "
+                         f"({', '.join(T2V_MODELS)}), got {m.name!r}")
+    if not text and m.name in T2V_MODELS:
+        raise LatteError(f"model {m.name} is text-to-video: set model.text_encoder (minilm, a folder or a hub id)")
+    for key in TEXT_MODEL_KEYS if not text else CLASS_MODEL_KEYS:
+        if getattr(m, key) != getattr(defaults, key):
+            kind = "text-to-video" if not text else "class/unconditional"
+            raise LatteError(f"model.{key} applies to {kind} models only; this run's model is "
+                             f"{'LatteT2V' if text else 'Latte'}")
+    if text:
+        m.text_encoder = resolve_text_encoder(m.text_encoder)
+        if m.depth is not None and m.depth % 2:
+            raise LatteError(f"model.depth counts spatial + temporal blocks: a text model needs it even, got {m.depth}")
+    if not 0.0 <= m.caption_dropout < 1.0:
+        raise LatteError(f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
+
+
 def validate(config: Config) -> None:
+    validate_model(config.model)
     choices = {
         ("diffusion", "prediction"): ("epsilon", "v", "x0"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
-from latte.models import Latte, ModelConfig, build_model, init_from_dit, model_config
+from latte.models import Latte, LatteT2V, ModelConfig, T2VConfig, build_model, init_from_dit, model_config
+from latte.models.text import build_t2v_model, t2v_config
 from latte.train import distributed
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
@@ -63,10 +64,25 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int) ->
                    class_dropout=m.class_dropout, learn_sigma=m.learn_sigma, grad_checkpointing=m.grad_checkpointing,
                    in_channels=sample.shape[0], num_frames=sample.shape[1], input_size=tuple(sample.shape[2:]),
                    num_classes=num_classes if m.class_conditional else 0)
-    for key in ("hidden_size", "depth", "num_heads"):
+    for key in ("hidden_size", "depth", "num_heads", "patch_size"):
         if getattr(m, key) is not None:
             options[key] = getattr(m, key)
     return model_config(m.name, **options)
+
+
+def make_t2v_config(config: Config, sample: torch.Tensor, caption_channels: int) -> T2VConfig:
+    """Text-to-video model config for clips shaped like `sample` (C, F, H, W); model.depth counts spatial
+    plus temporal blocks, as for the class models, so it is twice T2VConfig.num_layers."""
+    m = config.model
+    channels, frames, height, width = sample.shape
+    if height != width:
+        raise LatteError(f"the text-to-video model takes square frames, got {height}x{width} (latents)")
+    options = dict(in_channels=channels, out_channels=2 * channels if m.learn_sigma else channels,
+                   sample_size=height, caption_channels=caption_channels, num_frames=frames,
+                   temporal_pos=m.temporal_pos, grad_checkpointing=m.grad_checkpointing)
+    sizes = {"hidden_size": m.hidden_size, "num_layers": None if m.depth is None else m.depth // 2,
+             "num_heads": m.num_heads, "patch_size": m.patch_size}
+    return t2v_config(m.name, **options, **{k: v for k, v in sizes.items() if v is not None})
 
 
 def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
@@ -116,10 +132,23 @@ class Trainer:
         self.vae_spec = self.vae.spec if self.vae is not None else "none"
         if len(self.dataset) < 1:
             raise LatteError("the dataset has no clips")
-        probe = self._latents(self._collate([self.dataset[0]]))[0][0]  # (C, F, H, W) as the model sees it
-        self.num_classes = dataset_num_classes(self.dataset)
-        self.model_config = make_model_config(config, probe[:, :config.data.num_frames], self.num_classes)
-        self.model: Latte = build_model(self.model_config).to(self.device)
+        first = self._collate([self.dataset[0]])
+        probe = self._latents(first)[0][0][:, :config.data.num_frames]  # (C, F, H, W) as the model sees it
+        self.text_encoder = None
+        if config.model.text_encoder:
+            from latte.text_encoder import TextEncoder
+
+            if "captions" not in first:
+                raise LatteError(f"dataset {config.data.dataset} has no captions: a text-to-video model trains on "
+                                 "captions (datasets captions, moving-mnist, or a latent cache of them)")
+            self.text_encoder = TextEncoder(config.model.text_encoder, config.model.text_max_length, self.device)
+            self.num_classes = 0
+            self.model_config = make_t2v_config(config, probe, self.text_encoder.width)
+            self.model: Latte | LatteT2V = build_t2v_model(self.model_config).to(self.device)
+        else:
+            self.num_classes = dataset_num_classes(self.dataset)
+            self.model_config = make_model_config(config, probe, self.num_classes)
+            self.model = build_model(self.model_config).to(self.device)
         if config.model.init_from_dit:
             report = init_from_dit(self.model, config.model.init_from_dit)
             self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
@@ -143,6 +172,8 @@ class Trainer:
         batch = {"video": torch.stack([it["video"] for it in items])}
         if "label" in items[0]:
             batch["label"] = torch.tensor([int(it["label"]) for it in items])
+        if "caption" in items[0]:  # (B, 1 + images) strings: the clip's caption, then its image frames'
+            batch["captions"] = [[it["caption"], *it.get("image_captions", ())] for it in items]
         if "images" in items[0]:
             batch["images"] = torch.stack([it["images"] for it in items])
             if "image_labels" in items[0]:
@@ -204,15 +235,38 @@ class Trainer:
         return save_checkpoint(self._state(), self.output, self.config.train.keep_checkpoints)
 
     # -- one optimizer step -----------------------------------------------------------------------
-    def _draw(self, x_shape: torch.Size, label_shape) -> tuple:
-        """Timesteps, noise and label-dropout mask for the whole global batch (same on every rank)."""
+    def _draw(self, x_shape: torch.Size, condition_shape) -> tuple:
+        """Timesteps, noise and label- or caption-dropout mask for the whole global batch (same on every rank)."""
         G = self.config.train.batch_size
         t = torch.randint(0, self.diffusion.num_timesteps, (G,), generator=self.noise)
         noise = torch.randn((G, *x_shape[1:]), generator=self.noise)
         drop = None
-        if label_shape is not None:
-            drop = torch.rand((G, *label_shape[1:]), generator=self.noise) < self.model_config.class_dropout
+        if condition_shape is not None:
+            p = self.config.model.caption_dropout if self.text_encoder else self.model_config.class_dropout
+            drop = torch.rand((G, *condition_shape[1:]), generator=self.noise) < p
         return t, noise, drop
+
+    def _condition_shape(self, batch: dict, labels: torch.Tensor | None) -> tuple | None:
+        """Shape of what dropout applies to: labels (B,) / (B, 1 + I), or caption groups (B, 1 + I)."""
+        if self.text_encoder is None:
+            return None if labels is None else tuple(labels.shape)
+        return len(batch["captions"]), len(batch["captions"][0])
+
+    def _model_kwargs(self, batch: dict, labels, num_images: int, drop: torch.Tensor | None) -> dict:
+        """Conditioning inputs of the forward pass: labels with their dropout mask, or encoded captions
+        (B, G, L, width) with masks (B, G, L), dropped captions replaced by the empty prompt."""
+        if self.text_encoder is None:
+            kwargs = {"y": labels, "num_images": num_images}
+            if drop is not None:
+                kwargs["drop_labels"] = drop.to(self.device)
+            return kwargs
+        from latte.text_encoder import drop_captions
+
+        groups = batch["captions"]
+        flat = drop_captions([c for group in groups for c in group], drop.flatten())
+        hidden, mask = self.text_encoder(flat)  # (B*G, L, width), (B*G, L)
+        return {"encoder_hidden_states": hidden.unflatten(0, drop.shape).to(self.device),
+                "encoder_attention_mask": mask.unflatten(0, drop.shape).to(self.device), "num_images": num_images}
 
     def train_step(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
         t_cfg, o = self.config.train, self.config.optim
@@ -222,14 +276,13 @@ class Trainer:
         self.net.train()
         total = torch.zeros((), device=self.device)
         for a in range(t_cfg.grad_accum):
-            x, num_images, y = self._latents(next(loader))
+            batch = next(loader)
+            x, num_images, y = self._latents(batch)
             if a == 0:  # one draw per step for the global batch; each micro-step takes its rows
-                all_t, all_noise, all_drop = self._draw(x.shape, None if y is None else y.shape)
+                all_t, all_noise, all_drop = self._draw(x.shape, self._condition_shape(batch, y))
             rows = distributed.rows(a, self.micro, self.dist)
             t, noise = all_t[rows].to(self.device), all_noise[rows].to(self.device)
-            kwargs = {"y": y, "num_images": num_images}
-            if all_drop is not None:
-                kwargs["drop_labels"] = all_drop[rows].to(self.device)
+            kwargs = self._model_kwargs(batch, y, num_images, None if all_drop is None else all_drop[rows])
             sync = a == t_cfg.grad_accum - 1 or not self.dist.enabled
             context = self.net.no_sync() if not sync else torch.enable_grad()
             with context, self.autocast:
@@ -324,10 +377,11 @@ class Trainer:
 
 def describe(trainer: Trainer) -> str:
     c, m = trainer.config, trainer.model
+    condition = f"captions by {trainer.text_encoder}" if trainer.text_encoder else f"{trainer.num_classes} classes"
     return (f"model {trainer.model_config.name}: {m.num_parameters():,} trainable parameters, "
             f"{trainer.model_config.in_channels}x{trainer.model_config.num_frames}x"
             f"{trainer.model_config.latent_hw[0]}x{trainer.model_config.latent_hw[1]} inputs, "
-            f"{trainer.num_classes} classes; data {c.data.dataset} ({len(trainer.dataset)} clips); "
+            f"{condition}; data {c.data.dataset} ({len(trainer.dataset)} clips); "
             f"device {trainer.device}, {trainer.dist.world} process(es), micro-batch {trainer.micro}")
 
 
