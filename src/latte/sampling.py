@@ -1,7 +1,8 @@
 """Generating videos from a trained model: used by `latte sample` and by training's sample filmstrips.
 
 Video i of a run is drawn from its own generator seeded by (seed, i), so a video does not depend
-on the batch size, on how many processes share the work, or on whether a run was resumed.
+on the batch size, on how many processes share the work, or on whether a run was resumed. Text
+models take video i's prompt from the request's prompts in turn (prompt i mod the prompt count).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from latte.diffusion import sample as diffusion_sample
 from latte.errors import LatteError
-from latte.models import Latte
+from latte.models import Latte, LatteT2V
 
 
 @dataclass
@@ -26,6 +27,8 @@ class SampleRequest:
     batch_size: int = 8
     num_frames: int | None = None  # None: the trained frame count (any count works)
     eta: float = 0.0
+    prompts: list[str] | None = None  # text models: video i shows prompts[i % len(prompts)]
+    negative_prompt: str = ""  # text models: the unconditional half of guidance ("": no negative prompt)
 
 
 def labels_for(indices: list[int], model: Latte, request: SampleRequest) -> torch.Tensor | None:
@@ -41,6 +44,23 @@ def labels_for(indices: list[int], model: Latte, request: SampleRequest) -> torc
     return torch.tensor([i % classes for i in indices], dtype=torch.long)
 
 
+def prompts_for(indices: list[int], model, request: SampleRequest) -> list[str] | None:
+    if not isinstance(model, LatteT2V):
+        if request.prompts or request.negative_prompt:
+            raise LatteError("this model is not text-conditioned: prompts do not apply")
+        return None
+    if not request.prompts:
+        raise LatteError("this is a text-to-video model: give a prompt (--prompt or --prompt-file)")
+    if request.class_label is not None:
+        raise LatteError("this is a text-to-video model: --class-label does not apply, give a prompt")
+    return [request.prompts[i % len(request.prompts)] for i in indices]
+
+
+def text_inputs(text_encoder, prompts: list[str], device) -> dict:
+    hidden, mask = text_encoder(prompts)
+    return {"encoder_hidden_states": hidden.to(device), "encoder_attention_mask": mask.to(device)}
+
+
 def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
     """x_T for each video index from its own generator: (len(indices), *shape)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
@@ -48,26 +68,37 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
-             device: torch.device | str = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels."""
+def generate(model: Latte | LatteT2V, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
+             device: torch.device | str = "cpu", progress: bool = True,
+             text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
+    models, whose prompts are encoded by `text_encoder`)."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
     frames = request.num_frames or c.num_frames
     shape = (c.in_channels, frames, *c.latent_hw)
     model = model.eval().to(device)
-    labels = labels_for(indices, model, request)
-    guided = c.num_classes > 0 and request.cfg_scale != 1.0
+    prompts = prompts_for(indices, model, request)
+    if prompts is not None and (text_encoder is None or text_encoder.width != c.caption_channels):
+        raise LatteError(f"the model reads {c.caption_channels}-wide text features; text encoder: {text_encoder}")
+    labels = None if prompts is not None else labels_for(indices, model, request)
+    guided = (prompts is not None or c.num_classes > 0) and request.cfg_scale != 1.0
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
         x_t = initial_noise(chunk, shape, request.seed).to(device)
         y = None if labels is None else labels[n * request.batch_size:n * request.batch_size + len(chunk)].to(device)
         generator = torch.Generator().manual_seed(request.seed * 1_000_003 + chunk[0] + 7)
+        kwargs, uncond = {}, None
+        if prompts is not None:
+            kwargs = text_inputs(text_encoder, prompts[n * request.batch_size:n * request.batch_size + len(chunk)], device)
+            uncond = text_inputs(text_encoder, [request.negative_prompt] * len(chunk), device) if guided else None
         x0 = diffusion_sample(
             model, x_t.shape, diffusion, sampler=request.sampler, steps=request.steps, eta=request.eta,
-            cfg_scale=request.cfg_scale if guided else 1.0, y=y, null_class=c.num_classes if guided else None,
-            generator=generator, device=device, progress=progress and len(chunks) == 1, noise=x_t)
+            cfg_scale=request.cfg_scale if guided else 1.0, y=y,
+            null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
+            uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
+            noise=x_t)
         if vae is not None:
             x0 = vae.decode(x0)
         outputs.append(x0.clamp(-1, 1).float().cpu())

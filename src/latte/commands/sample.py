@@ -3,6 +3,8 @@
 `--output` ending in .mp4/.gif/.png/.npz writes that format; an output without a suffix is a
 folder for mass sampling (e.g. 2048 videos for FVD): one mp4 per video named by its index, seeds
 per index, existing files skipped (resumable), indices split across processes under torchrun.
+Text-to-video checkpoints take --prompt (repeatable) or --prompt-file; video i shows prompt i mod the
+prompt count, guided (--cfg-scale) against the empty prompt or --negative-prompt.
 """
 from __future__ import annotations
 
@@ -25,11 +27,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     parser.add_argument("--output", required=True,
                         help="FILE.mp4 | .gif | .png (filmstrip grid) | .npz (raw arrays), or a folder for one mp4 per video")
-    parser.add_argument("--num-videos", type=int, default=4)
+    parser.add_argument("--num-videos", type=int, default=None, help="default: 4, or one per prompt")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sample.sampler")
     parser.add_argument("--steps", type=int, default=None, help="default: the sampler's default (ddpm 250, ddim 50, dpm-solver 20)")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (class models)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help="classifier-free guidance scale (class and text models; default: the run's)")
     parser.add_argument("--class-label", type=int, default=None, help="class of every video (default: cycle classes)")
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                        help="text models: a prompt (repeatable; videos cycle through the prompts)")
+    parser.add_argument("--prompt-file", metavar="FILE", help="text models: prompts, one per line (blank lines skipped)")
+    parser.add_argument("--negative-prompt", default="", metavar="TEXT",
+                        help="text models: what guidance steers away from (default: the empty prompt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: as trained)")
@@ -43,13 +51,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 def load_for_sampling(checkpoint: str, use_ema: bool = True):
     """(model, diffusion, run config, vae or None) from a training checkpoint."""
     from latte.models import build_model
+    from latte.models.text import build_t2v_model
     from latte.train.checkpoint import load_checkpoint
     from latte.train.config import config_from_dict
     from latte.train.trainer import make_diffusion
 
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
-    model = build_model(state["model_config"])
+    model = (build_t2v_model if config.model.text_encoder else build_model)(state["model_config"])
     model.load_state_dict(state["ema" if use_ema else "model"])
     vae_spec = state.get("vae") or "none"
     vae = None
@@ -58,6 +67,28 @@ def load_for_sampling(checkpoint: str, use_ema: bool = True):
 
         vae = load_vae(vae_spec)
     return model.eval(), make_diffusion(config, model.config.learn_sigma), config, vae
+
+
+def text_encoder_for(config, device="cpu"):
+    """The text encoder a run trained with (None for class/unconditional runs)."""
+    if not config.model.text_encoder:
+        return None
+    from latte.text_encoder import TextEncoder
+
+    return TextEncoder(config.model.text_encoder, config.model.text_max_length, device=device)
+
+
+def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
+    """--prompt values, then the lines of --prompt-file (stripped, blank lines skipped)."""
+    prompts = list(prompts)
+    if prompt_file is not None:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise LatteError(f"prompt file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise LatteError(f"prompt file {path} holds no prompts")
+    return prompts
 
 
 def run(args) -> int:
@@ -69,28 +100,33 @@ def run(args) -> int:
     folder_mode = output.suffix == ""
     if not folder_mode and output.suffix not in SUFFIXES:
         raise LatteError(f"--output must end in {', '.join(SUFFIXES)} or be a folder, got {output}")
-    if args.num_videos < 1 or args.batch_size < 1:
+    prompts = read_prompts(args.prompt, args.prompt_file)
+    num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
+    if num_videos < 1 or args.batch_size < 1:
         raise LatteError("--num-videos and --batch-size must be >= 1")
     device = pick_device(args.device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
-    request = SampleRequest(num_videos=args.num_videos, sampler=args.sampler or config.sample.sampler,
+    text_encoder = text_encoder_for(config, device) if prompts else None
+    request = SampleRequest(num_videos=num_videos, sampler=args.sampler or config.sample.sampler,
                             steps=args.steps if args.steps is not None else (None if args.sampler else config.sample.steps),
                             cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
                             class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
-                            num_frames=args.num_frames, eta=args.eta)
+                            num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
+                            negative_prompt=args.negative_prompt)
     fps = args.fps or config.sample.fps
     if not folder_mode:
-        videos, _ = generate(model, diffusion, request, vae=vae, device=device)
+        videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)
         for path in save_videos(output, videos, fps=fps):
             print(path)
         return 0
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     output.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(rank, args.num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
-    print(f"rank {rank}: {len(todo)} of {len(range(rank, args.num_videos, world))} videos to generate into {output}")
+    todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
+    print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
     for start in range(0, len(todo), args.batch_size):
         chunk = todo[start:start + args.batch_size]
-        videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False)
+        videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False,
+                             text_encoder=text_encoder)
         for index, video in zip(chunk, videos):
             save_videos(output / f"{index:06d}.mp4", video[None], fps=fps)
         print(f"rank {rank}: {start + len(chunk)}/{len(todo)} written", flush=True)

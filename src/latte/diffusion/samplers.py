@@ -1,7 +1,8 @@
 """Samplers over any model callable `model(x_t, t, y=..., **kwargs)`, through diffusers' schedulers
 built from the same betas: DDPM (ancestral, respaced; learned-range variance), DDIM (Song et al.
 2021, eta), DPM-Solver++ 2M (Lu et al. 2022). Classifier-free guidance (Ho & Salimans 2022) runs
-the conditional and unconditional halves in one batched forward pass.
+the conditional and unconditional halves in one batched forward pass: the unconditional half gets
+the null class, or other inputs (`uncond_kwargs`, e.g. the empty or negative prompt's embedding).
 """
 from __future__ import annotations
 
@@ -38,43 +39,48 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str):
     raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def _duplicate(value):
-    return torch.cat([value, value]) if isinstance(value, torch.Tensor) else value
+def _pair(cond, uncond):
+    """One batch of the conditional and unconditional inputs (non-tensors, such as num_images, are shared)."""
+    return torch.cat([cond, uncond]) if isinstance(cond, torch.Tensor) else cond
 
 
 @torch.no_grad()
 def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm", steps: int | None = None,
            eta: float = 0.0, cfg_scale: float = 1.0, y: torch.Tensor | None = None, null_class: int | None = None,
-           model_kwargs: dict | None = None, generator: torch.Generator | None = None, device="cpu",
-           progress: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`)."""
+           model_kwargs: dict | None = None, uncond_kwargs: dict | None = None,
+           generator: torch.Generator | None = None, device="cpu", progress: bool = True,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
+    guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class."""
     if sampler not in SAMPLERS:
         raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     steps = steps or DEFAULT_STEPS[sampler]
     if not 1 <= steps <= diffusion.num_timesteps:
         raise LatteError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
     guided = cfg_scale != 1.0
-    if guided and (y is None or null_class is None):
-        raise LatteError("classifier-free guidance needs class labels and the null class")
+    if guided and uncond_kwargs is None and (y is None or null_class is None):
+        raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
     scheduler = make_scheduler(diffusion, sampler)
     scheduler.set_timesteps(steps)
     channels = shape[1]
     x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
     x = x.to(device) * scheduler.init_noise_sigma
     kwargs = dict(model_kwargs or {})
+    if y is not None:
+        kwargs["y"] = y
     if guided:
-        y_in = torch.cat([y, torch.full_like(y, null_class)])
-        kwargs = {key: _duplicate(value) for key, value in kwargs.items()}
+        uncond = {**kwargs, **(uncond_kwargs if uncond_kwargs is not None else {"y": torch.full_like(y, null_class)})}
+        kwargs = {key: _pair(value, uncond[key]) for key, value in kwargs.items()}
     step_kwargs = {"generator": generator} if sampler != "dpm-solver" else {}
     if sampler == "ddim":
         step_kwargs["eta"] = eta
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress, leave=False):
         t_batch = torch.full((shape[0],), int(t), dtype=torch.long, device=device)
         if guided:
-            out = model_fn(torch.cat([x, x]), torch.cat([t_batch, t_batch]), y=y_in, **kwargs)
+            out = model_fn(torch.cat([x, x]), torch.cat([t_batch, t_batch]), **kwargs)
             out = guided_output(*out.float().chunk(2), cfg_scale, channels)
         else:
-            out = model_fn(x, t_batch, y=y, **kwargs).float() if y is not None else model_fn(x, t_batch, **kwargs).float()
+            out = model_fn(x, t_batch, **kwargs).float()
         if not (sampler == "ddpm" and diffusion.learn_sigma):
             out = out[:, :channels]  # DDIM / DPM-Solver use the prediction only
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample

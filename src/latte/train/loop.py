@@ -10,22 +10,36 @@ from latte.train.config import Config
 from latte.train.trainer import Trainer, describe
 
 
-def sample_request(config: Config, num_videos: int | None = None) -> SampleRequest:
+def sample_request(config: Config, num_videos: int | None = None, prompts: list[str] | None = None) -> SampleRequest:
     s = config.sample
     return SampleRequest(num_videos=num_videos or s.num_videos, sampler=s.sampler, steps=s.steps,
-                         cfg_scale=s.cfg_scale, seed=config.train.seed, batch_size=s.num_videos)
+                         cfg_scale=s.cfg_scale, seed=config.train.seed, batch_size=s.num_videos, prompts=prompts)
+
+
+def sample_prompts(trainer: Trainer) -> list[str] | None:
+    """Text models: the first sample.num_videos captions of the training data (written beside the samples)."""
+    if trainer.text_encoder is None:
+        return None
+    count = min(trainer.config.sample.num_videos, len(trainer.dataset))
+    return [trainer.dataset[i]["caption"] for i in range(count)]
 
 
 def write_samples(trainer: Trainer, name: str, formats=(".png",)) -> list[Path]:
-    """EMA samples of the current model into <output>/samples/<name>.<format>."""
+    """EMA samples of the current model into <output>/samples/<name>.<format> (text models: their prompts
+    in <name>.txt, one line per video)."""
     from latte.video_io import save_videos
 
-    videos, _ = generate(trainer.ema, trainer.diffusion, sample_request(trainer.config), vae=trainer.vae,
-                         device=trainer.device, progress=False)
+    prompts = sample_prompts(trainer)
+    videos, _ = generate(trainer.ema, trainer.diffusion, sample_request(trainer.config, prompts=prompts),
+                         vae=trainer.vae, device=trainer.device, progress=False, text_encoder=trainer.text_encoder)
     folder = trainer.output / "samples"
     written = []
     for suffix in formats:
         written += save_videos(folder / f"{name}{suffix}", videos, fps=trainer.config.sample.fps)
+    if prompts is not None:
+        from latte.data.cache import atomic_write_text
+
+        atomic_write_text(folder / f"{name}.txt", "".join(prompts[i % len(prompts)] + "\n" for i in range(len(videos))))
     return written
 
 
