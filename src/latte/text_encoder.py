@@ -54,9 +54,12 @@ class TextEncoder:
     def __init__(self, spec: str = MINILM, max_length: int | None = None, device: torch.device | str = "cpu",
                  cache_size: int = 4096):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+        from transformers.utils import logging as hf_logging
 
         self.spec = resolve_text_encoder(spec)
         source = str(minilm_folder()) if self.spec == MINILM else self.spec
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per load would break one-line errors and training logs
         try:
             config = AutoConfig.from_pretrained(source)
             self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -64,6 +67,9 @@ class TextEncoder:
             self.model = model_class.from_pretrained(source)
         except (OSError, ValueError) as exc:
             raise LatteError(f"cannot load text encoder {spec!r}: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         self.model.requires_grad_(False).eval().to(device)
         self.is_t5 = model_class is T5EncoderModel
         self.max_length = int(max_length or (T5_MAX_LENGTH if self.is_t5 else DEFAULT_MAX_LENGTH))
