@@ -209,3 +209,12 @@ def test_guidance_uses_the_negative_prompt_as_the_unconditional_half(text_run):
     unguided = sample_text(text_run, prompts=prompts, cfg_scale=1.0)
     unguided_negative = sample_text(text_run, prompts=prompts, cfg_scale=1.0, negative_prompt="anything")
     assert torch.equal(unguided, unguided_negative) and not torch.equal(plain, unguided)
+
+
+def test_both_moving_mnist_splits_hold_every_digit():
+    from latte.data.moving_mnist import MovingMNIST
+
+    train_split, test_split = MovingMNIST(split="train", length=1), MovingMNIST(split="test", length=1)
+    assert set(train_split.pool).isdisjoint(test_split.pool) and len(train_split.pool) == 9 * len(test_split.pool)
+    for split in (train_split, test_split):
+        assert sorted(set(split.labels[split.pool].tolist())) == list(range(10))

@@ -21,7 +21,10 @@ from torch.utils.data import Dataset
 
 from latte.errors import LatteError
 
-SPLIT_SIZES = {"train": (0, 4500), "test": (4500, 5000)}  # disjoint digit pools
+SPLITS = ("train", "test")
+# Disjoint digit pools: "test" is every 10th digit of the file, "train" the other nine tenths. The file
+# is sorted by label, so a contiguous cut would leave one pool without most classes.
+HELD_OUT_EVERY = 10
 DIRECTIONS = ("right", "upper right", "up", "upper left", "left", "lower left", "down", "lower right")
 
 
@@ -63,6 +66,13 @@ def direction_of(dy: float, dx: float, dead_zone: float) -> str:
     return vertical or horizontal or "still"
 
 
+def caption_of(digit: int, direction: str) -> str:
+    """"the digit 7 moves to the upper left", "the digit 3 moves up", "the digit 5 stays still"."""
+    if direction == "still":
+        return f"the digit {digit} stays still"
+    return f"the digit {digit} moves {direction if direction in ('up', 'down') else 'to the ' + direction}"
+
+
 class MovingMNIST(Dataset):
     """Clips of `num_digits` bouncing digits on a black `resolution` x `resolution` canvas."""
 
@@ -72,8 +82,8 @@ class MovingMNIST(Dataset):
     def __init__(self, num_frames: int = 16, resolution: int = 32, num_digits: int = 1, digit_size: int | None = None,
                  split: str = "train", length: int = 10000, seed: int = 0, speed: tuple[float, float] = (1.5, 3.0),
                  channels: int = 1, csv_path: str | None = None):
-        if split not in SPLIT_SIZES:
-            raise LatteError(f"split must be one of {', '.join(SPLIT_SIZES)}, got {split!r}")
+        if split not in SPLITS:
+            raise LatteError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.digit_size = digit_size or max(8, round(resolution * 0.56))  # 18 px digits on a 32 px canvas
         if not 4 <= self.digit_size <= resolution:
             raise LatteError(f"digit_size {self.digit_size} must fit the {resolution} px canvas")
@@ -82,9 +92,9 @@ class MovingMNIST(Dataset):
         self.num_frames, self.resolution, self.num_digits = num_frames, resolution, num_digits
         self.split, self.length, self.seed, self.speed, self.channels = split, length, seed, speed, channels
         self.csv_path = str(mnist_csv_path(csv_path))
-        lo, hi = SPLIT_SIZES[split]
         digits, labels = load_mnist(self.csv_path)
-        self.pool = np.arange(lo, min(hi, len(digits)))
+        held_out = np.arange(len(digits)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+        self.pool = np.flatnonzero(held_out if split == "test" else ~held_out)
         self.labels = labels
 
     @functools.cached_property
@@ -134,8 +144,6 @@ class MovingMNIST(Dataset):
         first = paths[0]
         dy, dx = first[-1] - first[0]
         direction = direction_of(dy, dx, dead_zone=max(1.0, 0.25 * float(np.hypot(dy, dx))))
-        caption = f"the digit {label} moves {direction if direction in ('up', 'down') else 'to the ' + direction}"
-        if direction == "still":
-            caption = f"the digit {label} stays still"
+        caption = caption_of(label, direction)
         centers = torch.from_numpy(first + size / 2).float()  # (F, 2) digit centre (y, x)
         return {"video": video, "label": label, "caption": caption, "direction": direction, "trajectory": centers}
