@@ -9,8 +9,10 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_vae import save_tiny_vae
 
 from latte.cli import main
+from latte.data.cache import CacheSettings, LatentCacheDataset, encode_dataset
 from latte.errors import LatteError
 from latte.models import LatteT2V
 from latte.sampling import SampleRequest, generate
@@ -218,3 +220,32 @@ def test_both_moving_mnist_splits_hold_every_digit():
     assert set(train_split.pool).isdisjoint(test_split.pool) and len(train_split.pool) == 9 * len(test_split.pool)
     for split in (train_split, test_split):
         assert sorted(set(split.labels[split.pool].tolist())) == list(range(10))
+
+
+def test_latent_cache_stores_caption_embeddings_and_text_training_reads_them(tmp_path, encoder):
+    vae = save_tiny_vae(tmp_path / "vae")
+    settings = CacheSettings(dataset="moving-mnist", root=None, vae=vae, shard_size=4, text_encoder="minilm",
+                             text_max_length=16, options={"num_frames": 4, "resolution": 16, "length": 6})
+    encode_dataset(tmp_path / "cache", settings, batch_size=4, device="cpu", log=lambda *_: None)
+    cached = LatentCacheDataset(tmp_path / "cache", images_per_clip=1)
+    item = cached[(2, 0)]
+    hidden, mask = encoder([item["caption"], *item["image_captions"]])
+    assert item["text"].shape == (2, 16, 384) and torch.equal(item["text_mask"], mask)
+    torch.testing.assert_close(item["text"], hidden, atol=1e-5, rtol=1e-5)
+    empty = cached.empty_text()
+    assert torch.equal(empty[1], encoder([""])[1][0]) and torch.allclose(empty[0], encoder([""])[0][0], atol=1e-5)
+
+    overrides = [f"data.cache={tmp_path / 'cache'}", "data.images_per_clip=1", "model.caption_dropout=0.5",
+                 "train.max_steps=2"]
+    trainer = Trainer(text_config(tmp_path / "run", *overrides))
+    trainer.text_encoder = lambda captions: pytest.fail("captions encoded although the cache holds their embeddings")
+    batch = next(trainer._loader())
+    drop = torch.tensor([[True, False], [False, True], [False, False], [True, True]])
+    kwargs = trainer._model_kwargs(batch, None, 1, drop)
+    states = kwargs["encoder_hidden_states"]
+    assert states.shape == (4, 2, 16, 384)
+    assert torch.equal(states[0, 0], empty[0]) and torch.equal(states[0, 1], batch["text"][0, 1])
+    assert torch.equal(kwargs["encoder_attention_mask"][3, 1], empty[1])
+    assert torch.isfinite(trainer.train_step(trainer._loader())[0])
+    with pytest.raises(LatteError, match="caption embeddings come from"):
+        Trainer(text_config(tmp_path / "other", *overrides, "model.text_max_length=20"))

@@ -3,6 +3,9 @@
     latte encode --dataset ucf101 --root /data/UCF-101 --vae ema --output cache/ucf101
     latte train --config ucf101.yaml --data-cache cache/ucf101
 
+Caption data sets can also store their caption embeddings (--text-encoder, the run's model.text_encoder):
+text-to-video training then reads them instead of running the encoder on every batch.
+
 Clips are the deterministic ones (first temporal crop, centre crop); --crops-per-video spreads more
 crops over each video and --flip adds mirrored copies. Each shard is written atomically: rerun the
 same command to resume an interrupted run (finished shards are kept; other settings are refused).
@@ -70,6 +73,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="frames per VAE forward pass (default 32)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="storage precision of the latents (default float32)")
+    parser.add_argument("--text-encoder", default=None, metavar="SPEC",
+                        help="also store caption embeddings: minilm, or a Hugging Face folder / hub id (T5 ...)")
+    parser.add_argument("--text-max-length", type=int, default=None, metavar="N",
+                        help="caption tokens (default: 120 for T5, 32 for other encoders)")
     parser.add_argument("--no-std", action="store_true",
                         help="store only the posterior mean (half the size; training then sees the VAE's mode)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
@@ -83,7 +90,8 @@ def run(args) -> int:
 
     settings = CacheSettings(dataset=args.dataset, root=args.root, vae=args.vae, options=dataset_options(args),
                              crops_per_video=args.crops_per_video, mirrored=args.flip, shard_size=args.shard_size,
-                             dtype=args.dtype, store_std=not args.no_std)
+                             dtype=args.dtype, store_std=not args.no_std, text_encoder=args.text_encoder,
+                             text_max_length=args.text_max_length)
     encode_dataset(args.output, settings, batch_size=args.batch_size, device=args.device, workers=args.workers,
                    chunk_size=args.chunk_size)
     return 0

@@ -3,7 +3,9 @@
 Layout of a cache folder:
     manifest.json              settings (dataset, options, VAE, crops), sources, latent shape, classes, `complete`
     shard-00000.safetensors    "mean", "std" (n, C, F, h, w) scaled latents; "label" (n,) (-1: none);
-                               "entry" (n, 3) = (clip index, start frame, mirrored); captions in the metadata
+                               "entry" (n, 3) = (clip index, start frame, mirrored); captions in the metadata;
+                               with a text encoder "text" (n, L, width) caption embeddings, "text_mask" (n, L)
+    empty-text.safetensors     with a text encoder: the empty prompt's "text" (1, L, width), "text_mask" (1, L)
 Clips are the deterministic ones (train=False: first/evenly spaced temporal crops, centre crop), optionally
 several crops per video and mirrored copies. Each shard is written atomically, so an interrupted run
 resumes by running the same command again: finished shards are kept, the rest are encoded.
@@ -30,6 +32,7 @@ from latte.data.datasets import keyed_generator, randint
 from latte.errors import LatteError
 
 MANIFEST = "manifest.json"
+EMPTY_TEXT = "empty-text.safetensors"
 FORMAT, VERSION = "latte-latent-cache", 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,8 +50,14 @@ class CacheSettings:
     shard_size: int = 256
     dtype: str = "float32"
     store_std: bool = True  # False: only the mean, items are the VAE's mode
+    text_encoder: str | None = None  # also store caption embeddings (latte.text_encoder spec)
+    text_max_length: int | None = None  # None: the encoder's default
 
     def __post_init__(self) -> None:
+        if self.text_encoder is not None:
+            from latte.text_encoder import resolve_text_encoder
+
+            self.text_encoder = resolve_text_encoder(self.text_encoder)
         if self.dtype not in DTYPES:
             raise LatteError(f"cache dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.shard_size < 1 or self.crops_per_video < 1:
@@ -164,17 +173,28 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
     vae = load_vae(settings.vae, device=device, chunk_size=chunk_size)
     if vae is None:
         raise LatteError("encoding needs a VAE: --vae none caches nothing")
+    text = None
+    if settings.text_encoder:
+        if not header["captions"]:
+            raise LatteError(f"dataset {settings.dataset} has no captions to encode with --text-encoder")
+        from latte.text_encoder import TextEncoder
+
+        text = TextEncoder(settings.text_encoder, settings.text_max_length, device=device)
     latent_shape = list(vae.latent_shape(tuple(header["pixel_shape"])))
     if previous is not None and previous.get("latent_shape") not in (None, latent_shape):
         raise LatteError(f"{output}: cached latents are {previous['latent_shape']}, this VAE gives {latent_shape}")
     manifest = {**header, "latent_shape": latent_shape, "scaling_factor": vae.scaling_factor, "vae": settings.vae,
                 "complete": False}
     output.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        manifest["text"] = {"encoder": text.spec, "max_length": text.max_length, "width": text.width}
+        hidden, mask = text.unconditional()
+        _write_shard(output / EMPTY_TEXT, {"text": hidden.cpu(), "text_mask": mask.cpu()}, [None])
     atomic_write_text(output / MANIFEST, json.dumps(manifest, indent=1))
     log(f"encoding {len(entries)} clips of {settings.dataset} into {num_shards} shards of {output} "
         f"({num_shards - len(todo)} already done); latents {latent_shape} on {device}")
     started = time.time()
-    done = _encode_shards(output, dataset, entries, todo, settings, vae, batch_size, workers)
+    done = _encode_shards(output, dataset, entries, todo, settings, vae, text, batch_size, workers)
     manifest["complete"] = True
     atomic_write_text(output / MANIFEST, json.dumps(manifest, indent=1))
     log(f"wrote {output}: {len(entries)} clips, {num_shards} shards ({done} encoded now, "
@@ -182,7 +202,7 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
     return output
 
 
-def _encode_shards(output: Path, dataset, entries: list, todo: list[int], settings: CacheSettings, vae,
+def _encode_shards(output: Path, dataset, entries: list, todo: list[int], settings: CacheSettings, vae, text,
                    batch_size: int, workers: int) -> int:
     """Encode and write shards `todo` (one loader for all; its batches never straddle two shards)."""
     todo_entries, batches, ends = [], [], {}
@@ -198,13 +218,17 @@ def _encode_shards(output: Path, dataset, entries: list, todo: list[int], settin
     dtype = DTYPES[settings.dtype]
     bar = tqdm(total=len(entries), initial=len(entries) - len(todo_entries), desc="encoding", unit="clip",
                dynamic_ncols=True)
-    means, stds, labels, captions = [], [], [], []
+    means, stds, labels, captions, texts, masks = [], [], [], [], [], []
     for b, batch in enumerate(loader):
         mean, std = vae.posterior(batch["video"].to(vae.device))  # (B, C, F, h, w) each
         means.append(mean.cpu().to(dtype))
         stds.append(std.cpu().to(dtype))
         labels.append(batch["label"])
         captions += batch["caption"]
+        if text is not None:
+            hidden, mask = text(batch["caption"])  # (B, L, width), (B, L)
+            texts.append(hidden.cpu().to(dtype))
+            masks.append(mask.cpu())
         bar.update(len(batch["label"]))
         if b in ends:
             k = ends[b]
@@ -212,8 +236,10 @@ def _encode_shards(output: Path, dataset, entries: list, todo: list[int], settin
                        "entry": torch.tensor(_shard_entries(entries, settings, k), dtype=torch.long)}
             if settings.store_std:
                 tensors["std"] = torch.cat(stds)
+            if text is not None:
+                tensors["text"], tensors["text_mask"] = torch.cat(texts), torch.cat(masks)
             _write_shard(shard_path(output, k), tensors, captions)
-            means, stds, labels, captions = [], [], [], []
+            means, stds, labels, captions, texts, masks = [], [], [], [], [], []
     bar.close()
     return len(todo_entries)
 
@@ -253,7 +279,9 @@ def check_same(previous: dict, current: dict, folder: Path) -> None:
 
 class LatentCacheDataset(Dataset):
     """Items of a latent cache shaped like build_dataset's: "video" latents (C, F, h, w), "label", "caption",
-    "images" (C, N, h, w) one latent frame from each of N other cached clips (+ "image_labels")."""
+    "images" (C, N, h, w) one latent frame from each of N other cached clips (+ "image_labels",
+    "image_captions"); with cached caption embeddings "text" (1 + N, L, width) and "text_mask" (1 + N, L),
+    the clip's caption first, then those of its image frames."""
 
     def __init__(self, folder: str | Path, images_per_clip: int = 0, sample: bool = True, seed: int = 0):
         self.folder = Path(folder)
@@ -269,6 +297,7 @@ class LatentCacheDataset(Dataset):
         self.class_names = m.get("class_names")
         self.num_classes = m.get("num_classes")
         self.vae = m["vae"]
+        self.text = m.get("text")  # {"encoder", "max_length", "width"} when caption embeddings are stored
         self.skipped: list = []
         labels, captions = [], []
         for k in range(m["num_shards"]):
@@ -315,6 +344,7 @@ class LatentCacheDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"clip {index} out of range ({len(self)} clips)")
         item = {"video": self._latent(index, None, generator)}  # (C, F, h, w)
+        with_text = [index]  # clips whose caption embeddings the item carries
         if self.labels[index] >= 0:
             item["label"] = int(self.labels[index])
         if self.captions[index] is not None:
@@ -329,9 +359,20 @@ class LatentCacheDataset(Dataset):
                 frames.append(self._latent(other, randint(num_frames, generator), generator))  # (C, 1, h, w)
                 labels.append(int(self.labels[other]))
                 captions.append(self.captions[other])
+                with_text.append(other)
             item["images"] = torch.cat(frames, dim=1)  # (C, N, h, w)
             if self.num_classes:
                 item["image_labels"] = torch.tensor(labels, dtype=torch.long)
             if None not in captions:
                 item["image_captions"] = captions
+        if self.text:
+            item["text"] = torch.stack([self._read(i, "text") for i in with_text])  # (1 + N, L, width)
+            item["text_mask"] = torch.stack([self._read(i, "text_mask").long() for i in with_text])  # (1 + N, L)
         return item
+
+    def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The empty prompt's embedding (L, width) and mask (L,), as the cache's text encoder gave them."""
+        if not self.text:
+            raise LatteError(f"latent cache {self.folder} holds no caption embeddings (latte encode --text-encoder)")
+        with safe_open(str(self.folder / EMPTY_TEXT), "pt") as f:
+            return f.get_tensor("text")[0].float(), f.get_tensor("text_mask")[0].long()

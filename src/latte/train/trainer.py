@@ -142,6 +142,7 @@ class Trainer:
                 raise LatteError(f"dataset {config.data.dataset} has no captions: a text-to-video model trains on "
                                  "captions (datasets captions, moving-mnist, or a latent cache of them)")
             self.text_encoder = TextEncoder(config.model.text_encoder, config.model.text_max_length, self.device)
+            self.empty_text = self._cached_text_check(first)
             self.num_classes = 0
             self.model_config = make_t2v_config(config, probe, self.text_encoder.width)
             self.model: Latte | LatteT2V = build_t2v_model(self.model_config).to(self.device)
@@ -166,6 +167,17 @@ class Trainer:
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
 
+    def _cached_text_check(self, first: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With caption embeddings in the latent cache: the empty prompt's cached embedding, once the cache's
+        encoder is checked to be this run's (the encoder is still loaded for sample filmstrips)."""
+        if "text" not in first:
+            return None
+        stored, encoder = self.dataset.text, self.text_encoder
+        if (stored["encoder"], stored["max_length"]) != (encoder.spec, encoder.max_length):
+            raise LatteError(f"the latent cache's caption embeddings come from {stored['encoder']} at "
+                             f"{stored['max_length']} tokens, the run asks for {encoder.spec} at {encoder.max_length}")
+        return self.dataset.empty_text()
+
     # -- data -------------------------------------------------------------------------------------
     @staticmethod
     def _collate(items: list[dict]) -> dict:
@@ -174,6 +186,9 @@ class Trainer:
             batch["label"] = torch.tensor([int(it["label"]) for it in items])
         if "caption" in items[0]:  # (B, 1 + images) strings: the clip's caption, then its image frames'
             batch["captions"] = [[it["caption"], *it.get("image_captions", ())] for it in items]
+        if "text" in items[0]:  # cached caption embeddings (B, 1 + images, L, width) and masks
+            batch["text"] = torch.stack([it["text"] for it in items])
+            batch["text_mask"] = torch.stack([it["text_mask"] for it in items])
         if "images" in items[0]:
             batch["images"] = torch.stack([it["images"] for it in items])
             if "image_labels" in items[0]:
@@ -262,11 +277,18 @@ class Trainer:
             return kwargs
         from latte.text_encoder import drop_captions
 
-        groups = batch["captions"]
-        flat = drop_captions([c for group in groups for c in group], drop.flatten())
-        hidden, mask = self.text_encoder(flat)  # (B*G, L, width), (B*G, L)
-        return {"encoder_hidden_states": hidden.unflatten(0, drop.shape).to(self.device),
-                "encoder_attention_mask": mask.unflatten(0, drop.shape).to(self.device), "num_images": num_images}
+        if "text" in batch:  # embeddings from the latent cache; dropped captions take the empty prompt's
+            empty_hidden, empty_mask = self.empty_text
+            keep = ~drop[..., None]  # (B, G, 1)
+            hidden = torch.where(keep[..., None], batch["text"], empty_hidden)  # (B, G, L, width)
+            mask = torch.where(keep, batch["text_mask"], empty_mask)  # (B, G, L)
+        else:
+            groups = batch["captions"]
+            flat = drop_captions([c for group in groups for c in group], drop.flatten())
+            hidden, mask = self.text_encoder(flat)  # (B*G, L, width), (B*G, L)
+            hidden, mask = hidden.unflatten(0, drop.shape), mask.unflatten(0, drop.shape)
+        return {"encoder_hidden_states": hidden.to(self.device), "encoder_attention_mask": mask.to(self.device),
+                "num_images": num_images}
 
     def train_step(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
         t_cfg, o = self.config.train, self.config.optim
