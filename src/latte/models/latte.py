@@ -69,11 +69,11 @@ class Context:
     adaln: bool
 
     def spatial(self) -> torch.Tensor:
-        """Condition per spatial sequence: (B*F, D) or extra tokens (B*F, K, D)."""
+        """Condition per frame sequence: (B*F, D) or extra tokens (B*F, K, D)."""
         return self.frames.flatten(0, 1)
 
     def temporal(self) -> torch.Tensor:
-        """Condition per temporal sequence: (B*N, D) or extra tokens (B*N, K, D)."""
+        """Extra tokens per temporal sequence (B*N, K, D) (adaLN modulates the (B, Fv, N, D) grid directly)."""
         return self.video.repeat_interleave(self.grid, dim=0)
 
 
@@ -109,37 +109,41 @@ class LatteBlock(nn.Module):
         return [m.flatten(0, 1) for m in mods]
 
     def _temporal_mods(self, ctx: Context) -> list:
+        """Per clip, (B, 1, D) each: broadcast over the (B, Fv, N, D) grid, never repeated per position."""
         if not ctx.adaln:
             return [None] * self.num_mods
-        mods = self.adaLN_modulation(ctx.video).chunk(self.num_mods, dim=-1)  # each (B, D)
-        return [m.repeat_interleave(ctx.grid, dim=0) for m in mods]
+        return [m[:, None] for m in self.adaLN_modulation(ctx.video).chunk(self.num_mods, dim=-1)]
 
-    # -- sublayers -----------------------------------------------------------------------------
-    def _attend(self, attn, norm, seq, shift, scale, gate, extra, rope=None) -> torch.Tensor:
-        """Residual attention sublayer on (S, L, D); `extra` (S, K, D) tokens are attended, then dropped."""
+    # -- sublayers: pointwise work (norm, modulation, residual, MLP) stays in the layout it gets --------
+    @staticmethod
+    def _attention(attn, norm, h, extra, rope=None) -> torch.Tensor:
+        """Attention over sequences h (S, L, D); `extra` (S, K, D) tokens are attended, then dropped."""
+        if extra is None:
+            return attn(h, rope=rope)
+        k = extra.shape[1]
+        return attn(torch.cat([norm(extra), h], dim=1), rope=rope, rope_skip=k)[:, k:]  # (S, L, D)
+
+    def _attend(self, attn, norm, seq, shift, scale, gate, extra) -> torch.Tensor:
+        """Residual spatial attention sublayer on per-frame sequences (B*F, N, D)."""
         h = norm(seq)
         if shift is not None:
             h = modulate(h, shift, scale)
-        k = 0
-        if extra is not None:
-            k = extra.shape[1]
-            h = torch.cat([norm(extra), h], dim=1)  # (S, K+L, D)
-        out = attn(h, rope=rope, rope_skip=k)[:, k:]
-        return gated_residual(seq, out, gate)
+        return gated_residual(seq, self._attention(attn, norm, h, extra), gate)
 
-    def _feed_forward(self, seq, shift, scale, gate) -> torch.Tensor:
-        h = self.norm2(seq)
+    def _temporal_attend(self, attn, norm, video, shift, scale, gate, ctx) -> torch.Tensor:
+        """Residual temporal attention on the video grid (B, Fv, N, D): only the attention itself
+        regroups tokens into per-position sequences (B*N, Fv, D)."""
+        h = norm(video)
         if shift is not None:
             h = modulate(h, shift, scale)
-        out = self.mlp(h)
-        return gated_residual(seq, out, gate)
+        out = self._attention(attn, norm, to_temporal(h), None if ctx.adaln else ctx.temporal(), ctx.rope)
+        return gated_residual(video, from_temporal(out, video.shape[0]), gate)
 
-    def _temporal_attend(self, attn, norm, x, mods, ctx) -> torch.Tensor:
-        """Temporal attention over the video frames of x (B, F, N, D); image frames pass through."""
-        batch, fv = x.shape[0], ctx.video_frames
-        extra = None if ctx.adaln else ctx.temporal()
-        seq = self._attend(attn, norm, to_temporal(x[:, :fv]), *mods, extra, ctx.rope)  # (B*N, Fv, D)
-        return with_images(from_temporal(seq, batch), x, fv)
+    def _feed_forward(self, x, shift, scale, gate) -> torch.Tensor:
+        h = self.norm2(x)
+        if shift is not None:
+            h = modulate(h, shift, scale)
+        return gated_residual(x, self.mlp(h), gate)
 
     def _split_heads_attention(self, h: torch.Tensor, ctx: Context, batch: int) -> torch.Tensor:
         """Variant 4: h (B*F, N, D) normalised tokens; first half of the heads attend over the
@@ -173,23 +177,20 @@ class LatteBlock(nn.Module):
         """x (B, F, N, D) -> (B, F, N, D)."""
         batch = x.shape[0]
         extra_s = None if ctx.adaln else ctx.spatial()
-        if self.kind == "temporal":
-            mods = self._temporal_mods(ctx)
-            fv = ctx.video_frames
-            seq = self._attend(self.attn, self.norm1, to_temporal(x[:, :fv]), *mods[:3],
-                               None if ctx.adaln else ctx.temporal(), ctx.rope)
-            seq = self._feed_forward(seq, *mods[3:])
-            return with_images(from_temporal(seq, batch), x, fv)
+        if self.kind == "temporal":  # video frames only; image frames pass through
+            mods, fv = self._temporal_mods(ctx), ctx.video_frames
+            video = self._temporal_attend(self.attn, self.norm1, x[:, :fv], *mods[:3], ctx)
+            return with_images(self._feed_forward(video, *mods[3:]), x, fv)
         mods = self._spatial_mods(ctx)
         seq = to_spatial(x)  # (B*F, N, D)
         if self.kind == "spatial":
             seq = self._attend(self.attn, self.norm1, seq, *mods[:3], extra_s)
         elif self.kind == "factorised":
             seq = self._attend(self.attn, self.norm1, seq, *mods[:3], extra_s)
-            temporal_mods = self._temporal_mods(ctx)[3:6]
-            x = self._temporal_attend(self.temporal_attn, self.norm_temporal, from_spatial(seq, batch),
-                                      temporal_mods, ctx)
-            seq = to_spatial(x)
+            grid, fv = from_spatial(seq, batch), ctx.video_frames
+            video = self._temporal_attend(self.temporal_attn, self.norm_temporal, grid[:, :fv],
+                                          *self._temporal_mods(ctx)[3:6], ctx)
+            seq = to_spatial(with_images(video, grid, fv))
             mods = mods[:3] + mods[6:]
         else:  # split heads
             shift, scale, gate = mods[:3]
