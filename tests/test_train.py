@@ -193,3 +193,14 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     accum = train(tiny_config(tmp_path / "accum", "train.max_steps=2", "train.grad_accum=2"), write_samples_at_end=False)
     for (name, a), b in zip(full.model.state_dict().items(), accum.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_ema_warmup_caps_the_decay_at_the_start(tmp_path):
+    from latte.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, "train.ema_decay=0.9999", "train.ema_warmup=true"), log=lambda *a: None)
+    start = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    trainer.train_step(iter(trainer._loader()))  # step 0: decay min(0.9999, 1/10) = 0.1
+    for name, param in trainer.model.named_parameters():
+        expected = 0.1 * start[name] + 0.9 * param.detach()
+        torch.testing.assert_close(trainer.ema.state_dict()[name], expected)

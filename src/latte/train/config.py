@@ -82,6 +82,7 @@ class TrainSection:
     batch_size: int = 8  # global clips per optimizer step (all processes, all accumulation steps)
     grad_accum: int = 1
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1+step)/(10+step)): short runs forget the init sooner
     seed: int = 0
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
@@ -121,7 +122,7 @@ class Config:
 RESUME_FIXED = {
     "model": None, "diffusion": None, "optim": None,
     "data": ("dataset", "root", "num_frames", "frame_interval", "resolution", "images_per_clip", "vae", "cache"),
-    "train": ("batch_size", "grad_accum", "seed", "ema_decay"),
+    "train": ("batch_size", "grad_accum", "seed", "ema_decay", "ema_warmup"),
 }
 
 

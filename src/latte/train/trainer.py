@@ -325,6 +325,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.config.train.ema_decay
+        if self.config.train.ema_warmup:  # the first steps' weights (near the zero init) fade out quickly
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         for ema, param in zip(self.ema.parameters(), self.model.parameters()):
             ema.lerp_(param.detach(), 1.0 - decay)
 
