@@ -111,3 +111,31 @@ def test_gif_png_npz_and_unknown_suffix(tmp_path):
     np.testing.assert_array_equal(np.load(npz)["videos"], videos.numpy())
     with pytest.raises(LatteError, match="unknown video format"):
         save_videos(tmp_path / "x.avi", videos)
+
+
+def test_grayscale_videos_become_rgb_for_the_detectors():
+    from latte.metrics.videos import to_uint8 as metrics_uint8
+
+    gray = torch.linspace(-1, 1, 2 * 4 * 3 * 3).reshape(2, 1, 4, 3, 3)
+    rgb = metrics_uint8(gray)  # (N, F, H, W, 3)
+    assert rgb.shape == (2, 4, 3, 3, 3)
+    assert torch.equal(rgb[..., 0], rgb[..., 2]) and torch.equal(rgb, metrics_uint8(gray.expand(-1, 3, -1, -1, -1)))
+    with pytest.raises(LatteError):
+        metrics_uint8(torch.zeros(1, 2, 4, 3, 3))
+
+
+def test_errors_raised_in_data_loader_workers_stay_one_line():
+    from latte.cli import one_line
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise LatteError(f"clip {index} is corrupt")
+
+    loader = torch.utils.data.DataLoader(Broken(), num_workers=1)
+    with pytest.raises(LatteError) as err:
+        next(iter(loader))
+    assert "\n" in str(err.value)  # the worker's traceback rides in the message
+    assert one_line(err.value) == "clip 0 is corrupt"

@@ -40,6 +40,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+def one_line(exc: Exception) -> str:
+    """The error's own message; a DataLoader worker re-raises with the worker's traceback in the
+    message, whose last line is the original `module.Class: message`."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     from latte.errors import LatteError
 
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except LatteError as exc:
-        print(f"latte {args.command}: error: {exc}", file=sys.stderr)
+        print(f"latte {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         name = exc.filename if exc.filename is not None else exc

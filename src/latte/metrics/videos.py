@@ -115,10 +115,12 @@ def resize_center_crop(frames: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def to_uint8(videos: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Float videos in [-1, 1], (N, C, F, H, W) -> uint8 (N, F, H, W, C), rounded as when saving an mp4."""
+    """Float videos in [-1, 1], (N, C, F, H, W) -> uint8 (N, F, H, W, 3), rounded as when saving an mp4;
+    grayscale (C = 1) is repeated to RGB, as a grayscale mp4 decodes."""
     x = torch.as_tensor(videos, dtype=torch.float32)
-    if x.ndim != 5 or x.shape[1] != 3:
-        raise LatteError(f"videos must be float (N, 3, F, H, W) in [-1, 1], got shape {tuple(x.shape)}")
+    if x.ndim != 5 or x.shape[1] not in (1, 3):
+        raise LatteError(f"videos must be float (N, 1 or 3, F, H, W) in [-1, 1], got shape {tuple(x.shape)}")
+    x = x.expand(-1, 3, -1, -1, -1)
     x = ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 4, 1).contiguous()  # (N, F, H, W, C)
 
