@@ -7,7 +7,7 @@ import re
 import torch
 from torch.utils.data import Dataset
 
-from latte.data.datasets import ClipOptions, keyed_generator, randint
+from latte.data.datasets import ClipOptions, keyed_generator, other_clip, randint
 from latte.errors import LatteError
 
 
@@ -63,9 +63,7 @@ class MovingMNISTClips(Dataset):
             generator = generator if o.train else keyed_generator(o.seed, index, -1)
             frames, labels, captions = [], [], []
             for _ in range(o.images_per_clip):
-                other = randint(len(self) - 1, generator) if len(self) > 1 else 0
-                if len(self) > 1 and other >= index:  # any clip but this one
-                    other += 1
+                other = other_clip(index, len(self), generator)
                 video = self._video(other)
                 t = randint(video["video"].shape[1], generator)
                 frame = video["video"][:, t:t + 1]  # (C, 1, H, W)

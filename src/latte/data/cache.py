@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from latte.data.datasets import keyed_generator, randint
+from latte.data.datasets import keyed_generator, other_clip, randint
 from latte.errors import LatteError
 
 MANIFEST = "manifest.json"
@@ -353,9 +353,7 @@ class LatentCacheDataset(Dataset):
             frames, labels, captions = [], [], []
             num_frames = self.manifest["latent_shape"][1]
             for _ in range(self.images_per_clip):
-                other = randint(len(self) - 1, generator) if len(self) > 1 else 0
-                if len(self) > 1 and other >= index:  # any clip but this one
-                    other += 1
+                other = other_clip(index, len(self), generator)
                 frames.append(self._latent(other, randint(num_frames, generator), generator))  # (C, 1, h, w)
                 labels.append(int(self.labels[other]))
                 captions.append(self.captions[other])

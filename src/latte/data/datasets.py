@@ -77,6 +77,12 @@ def randint(high: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(high, (1,), generator=generator).item())
 
 
+def other_clip(index: int, length: int, generator: torch.Generator | None) -> int:
+    """A uniform random clip index other than `index` (image frames of joint training); 0 with one clip."""
+    other = randint(length - 1, generator) if length > 1 else 0
+    return other + 1 if length > 1 and other >= index else other
+
+
 class ClipDataset(Dataset):
     """Clips read from files below `root`; subclasses say where the clips are (`discover`)."""
 
@@ -180,9 +186,7 @@ class ClipDataset(Dataset):
         """One random frame from each of images_per_clip other random clips (paper's image-video joint training)."""
         frames, labels, captions = [], [], []
         for _ in range(self.options.images_per_clip):
-            other = randint(len(self) - 1, generator) if len(self) > 1 else 0
-            if len(self) > 1 and other >= index:  # any clip but this one
-                other += 1
+            other = other_clip(index, len(self), generator)
             clip = self.clips[other]
             t = randint(clip.num_frames, generator)
             flip = self.options.train and self.flip and randint(2, generator) == 1
