@@ -214,6 +214,15 @@ def test_activation_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(results[0], results[1])
 
 
+def test_inference_path_equals_the_autograd_path():
+    """Without autograd the MLP's GELU runs in place; the numbers must not change."""
+    model = randomize(tiny()).eval()
+    x, t, y = inputs()
+    with torch.no_grad():
+        fast = model(x, t, y)
+    torch.testing.assert_close(fast, model(x, t, y).detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("temporal_pos", ["absolute", "rope"])
 def test_other_frame_counts_and_resolutions_run(temporal_pos):
     model = randomize(tiny(temporal_pos=temporal_pos))
