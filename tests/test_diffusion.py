@@ -157,3 +157,32 @@ def test_x0_prediction_targets_the_clean_clip():
     assert torch.equal(diffusion.target(x0, t, noise), x0)
     assert torch.equal(diffusion.predict_x0(diffusion.q_sample(x0, t, noise), t, x0), x0)
     assert make_scheduler(diffusion, "ddim").config.prediction_type == "sample"
+
+
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_prediction():
+    """One guess of the clean clip, expressed as eps, x0 or v: the weighted losses agree and equal
+    min(SNR, 5) times the x0 error (Hang et al. 2023); without weighting `loss` is the plain MSE."""
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 2, 3, 4, 4, generator=gen), torch.randn(4, 2, 3, 4, 4, generator=gen)
+    guess = x0 + 0.3 * torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([2, 150, 400, 950])
+    losses = {}
+    for prediction in ("epsilon", "x0", "v"):
+        diffusion = GaussianDiffusion(learn_sigma=False, prediction=prediction, loss_weighting="min-snr")
+        a = diffusion.alphas_cumprod[t].float().sqrt().view(-1, 1, 1, 1, 1)
+        s = (1 - diffusion.alphas_cumprod[t].float()).sqrt().view(-1, 1, 1, 1, 1)
+
+        def model_fn(x_t, t_):  # the guess in this prediction's parametrisation
+            eps = (x_t - a * guess) / s
+            return {"epsilon": eps, "x0": guess, "v": a * eps - s * guess}[prediction]
+
+        losses[prediction] = diffusion.training_losses(model_fn, x0, t, noise=noise)
+    snr = diffusion.alphas_cumprod[t] / (1 - diffusion.alphas_cumprod[t])
+    expected = snr.clamp(max=5).float() * ((guess - x0) ** 2).mean(dim=(1, 2, 3, 4))
+    for prediction, result in losses.items():
+        torch.testing.assert_close(result["loss"], expected, rtol=1e-3, atol=1e-6, msg=prediction)
+    plain = GaussianDiffusion(learn_sigma=False, prediction="x0")
+    out = plain.training_losses(lambda x_t, t_: guess, x0, t, noise=noise)
+    assert torch.equal(out["loss"], out["mse"]) and torch.equal(out["mse"], losses["x0"]["mse"])
+    with pytest.raises(LatteError, match="loss_weighting must be one of none, min-snr"):
+        GaussianDiffusion(loss_weighting="p2")

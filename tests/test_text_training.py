@@ -99,6 +99,28 @@ def test_text_model_config_errors_name_the_key(overrides, needle):
         load_config("moving-mnist", None, ["model.caption_dropout=0.3"])
 
 
+def test_training_starts_from_a_pixart_alpha_transformer_when_asked(tmp_path):
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    pixart = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
+                                      num_layers=1, cross_attention_dim=32, attention_bias=True, sample_size=16,
+                                      patch_size=4, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                      norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                                      caption_channels=384)
+    pixart.save_pretrained(tmp_path / "pixart")
+    logs = []
+    trainer = Trainer(text_config(tmp_path / "run", f"model.init_from_pixart={tmp_path / 'pixart'}"), log=logs.append)
+    ours = trainer.model.state_dict()
+    assert torch.equal(ours["x_embedder.proj.weight"], pixart.pos_embed.proj.weight.detach())
+    assert torch.equal(ours["caption_projection.fc1.weight"], pixart.caption_projection.linear_1.weight.detach())
+    assert torch.equal(ours["spatial_blocks.0.mlp.fc2.weight"], pixart.transformer_blocks[0].ff.net[2].weight.detach())
+    assert any(line.startswith(f"init from PixArt-alpha {tmp_path / 'pixart'}") for line in logs), logs
+    assert torch.equal(trainer.ema.state_dict()["x_embedder.proj.weight"], ours["x_embedder.proj.weight"])
+    with pytest.raises(LatteError, match="model.init_from_pixart applies to text-to-video models only"):
+        load_config("moving-mnist", None, [f"model.init_from_pixart={tmp_path / 'pixart'}"])
+
+
 def test_drop_captions_replaces_exactly_the_dropped_ones():
     assert drop_captions(["a", "b", "c"], torch.tensor([True, False, True])) == ["", "b", ""]
     with pytest.raises(ValueError):

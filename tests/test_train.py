@@ -66,6 +66,17 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         train(tiny_config(tmp_path, "train.max_steps=2", "optim.lr=0.1"), write_samples_at_end=False)
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_with_that_keys_default():
+    from latte.train.config import resume_differences
+
+    config = tiny_config("unused")
+    stored = config.to_dict()
+    del stored["diffusion"]["loss_weighting"]  # written before the key was added
+    assert resume_differences(stored, config) == []
+    changed = tiny_config("unused", "diffusion.loss_weighting=min-snr")
+    assert resume_differences(stored, changed) == ["diffusion.loss_weighting: checkpoint 'none', now 'min-snr'"]
+
+
 def test_checkpoints_are_pruned_and_written_atomically(tmp_path):
     train(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=1", "train.keep_checkpoints=2"),
           write_samples_at_end=False)

@@ -13,6 +13,7 @@ import torch
 from latte.errors import LatteError
 
 PREDICTIONS = ("epsilon", "v", "x0")
+LOSS_WEIGHTINGS = ("none", "min-snr")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -46,13 +47,19 @@ class GaussianDiffusion:
     """Forward process, prediction targets, posterior and the training losses."""
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 learn_sigma: bool = True, prediction: str = "epsilon"):
+                 learn_sigma: bool = True, prediction: str = "epsilon", loss_weighting: str = "none",
+                 min_snr_gamma: float = 5.0):
         if prediction not in PREDICTIONS:
             raise LatteError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise LatteError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
+        if min_snr_gamma <= 0:
+            raise LatteError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
         if not 0 < beta_start < beta_end < 1:
             raise LatteError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         self.num_timesteps, self.beta_start, self.beta_end = num_timesteps, beta_start, beta_end
         self.learn_sigma, self.prediction = learn_sigma, prediction
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -94,6 +101,18 @@ class GaussianDiffusion:
             return prediction
         return a * x_t - s * prediction
 
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-clip weight (B,) of the MSE. min-snr (Hang et al. 2023) weights the x0 error by
+        min(SNR_t, gamma), SNR_t = abar / (1 - abar), written for the target actually predicted:
+        x0 min(SNR, g); epsilon min(SNR, g) / SNR; v min(SNR, g) / (SNR + 1)."""
+        if self.loss_weighting == "none":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        abar = self.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1 - abar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        weight = {"x0": clipped, "epsilon": clipped / snr, "v": clipped / (snr + 1)}[self.prediction]
+        return weight.float()
+
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log variance of q(x_{t-1} | x_t, x0)."""
         mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
@@ -118,18 +137,19 @@ class GaussianDiffusion:
 
     def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
                         noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Per-clip losses (B,): `loss` = `mse` (+ `vb` with learned sigma), as Latte trains (MSE, not rescaled)."""
+        """Per-clip losses (B,): `loss` = `mse` (+ `vb` with learned sigma), as Latte trains (MSE, not rescaled);
+        with a loss weighting, `loss` holds the weighted MSE and `mse` stays the plain one."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, t, **(model_kwargs or {}))
         channels = x0.shape[1]
         prediction = out[:, :channels]
         mse = mean_flat((self.target(x0, t, noise) - prediction.float()) ** 2)
-        losses = {"mse": mse, "loss": mse}
+        losses = {"mse": mse, "loss": mse * self.loss_weight(t) if self.loss_weighting != "none" else mse}
         if self.learn_sigma:
             if out.shape[1] != 2 * channels:
                 raise LatteError(f"learned sigma needs {2 * channels} output channels, the model gives {out.shape[1]}")
             vb = self.vb_term(prediction.detach().float(), out[:, channels:].float(), x0.float(), x_t.float(), t)
             losses["vb"] = vb
-            losses["loss"] = mse + vb
+            losses["loss"] = losses["loss"] + vb
         return losses

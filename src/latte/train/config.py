@@ -41,6 +41,7 @@ class ModelSection:
     text_encoder: str | None = None  # minilm (offline all-MiniLM-L6-v2) | Hugging Face folder or hub id (T5 ...)
     text_max_length: int | None = None  # caption tokens; None: 120 for T5, 32 for other encoders
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
+    init_from_pixart: str | None = None  # diffusers PixArt-alpha transformer folder: spatial blocks start from it
 
 
 @dataclass
@@ -49,6 +50,8 @@ class DiffusionSection:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction: str = "epsilon"  # epsilon | v | x0
+    loss_weighting: str = "none"  # none (Latte) | min-snr (Hang et al. 2023, weight min(SNR, gamma) in x0 units)
+    min_snr_gamma: float = 5.0
 
 
 @dataclass
@@ -231,7 +234,7 @@ def config_from_dict(data: dict) -> Config:
 # Model keys that only one kind of model reads: a changed value for the other kind is an error, not ignored.
 CLASS_MODEL_KEYS = ("variant", "patch_embed", "tubelet_frames", "conditioning", "mlp_ratio", "class_conditional",
                     "class_dropout", "init_from_dit")
-TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout")
+TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout", "init_from_pixart")
 
 
 def validate_model(m: ModelSection) -> None:
@@ -263,6 +266,7 @@ def validate(config: Config) -> None:
     validate_model(config.model)
     choices = {
         ("diffusion", "prediction"): ("epsilon", "v", "x0"),
+        ("diffusion", "loss_weighting"): ("none", "min-snr"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
         ("train", "device"): ("auto", "cpu", "cuda"),
         ("sample", "sampler"): ("ddpm", "ddim", "dpm-solver"),
@@ -284,11 +288,12 @@ def validate(config: Config) -> None:
 
 def resume_differences(stored: dict, current: Config) -> list[str]:
     """Keys whose values differ between a checkpoint's config and this run's, where they must agree."""
-    now = current.to_dict()
+    now, defaults = current.to_dict(), Config().to_dict()
     diffs = []
     for section, keys in RESUME_FIXED.items():
         for key in keys or now[section].keys():
-            old, new = stored.get(section, {}).get(key), now[section][key]
+            # a key the checkpoint lacks was added later: the run used its default
+            old, new = stored.get(section, {}).get(key, defaults[section].get(key)), now[section][key]
             if old != new:
                 diffs.append(f"{section}.{key}: checkpoint {old!r}, now {new!r}")
     return diffs

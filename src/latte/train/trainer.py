@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
-from latte.models import Latte, LatteT2V, ModelConfig, T2VConfig, build_model, init_from_dit, model_config
+from latte.models import (Latte, LatteT2V, ModelConfig, T2VConfig, build_model, init_from_dit, init_from_pixart,
+                          model_config)
 from latte.models.text import build_t2v_model, t2v_config
 from latte.train import distributed
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -88,7 +89,8 @@ def make_t2v_config(config: Config, sample: torch.Tensor, caption_channels: int)
 def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
     d = config.diffusion
     return GaussianDiffusion(num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
-                             learn_sigma=learn_sigma, prediction=d.prediction)
+                             learn_sigma=learn_sigma, prediction=d.prediction, loss_weighting=d.loss_weighting,
+                             min_snr_gamma=d.min_snr_gamma)
 
 
 def rng_state(noise: torch.Generator) -> dict:
@@ -153,6 +155,9 @@ class Trainer:
         if config.model.init_from_dit:
             report = init_from_dit(self.model, config.model.init_from_dit)
             self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
+        if config.model.init_from_pixart:
+            report = init_from_pixart(self.model, config.model.init_from_pixart)
+            self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = make_diffusion(config, self.model_config.learn_sigma)
         o = config.optim
