@@ -13,6 +13,7 @@ from test_vae import save_tiny_vae
 
 from latte.cli import main
 from latte.data.cache import CacheSettings, LatentCacheDataset, encode_dataset
+from latte.data.manifest import read_manifest
 from latte.errors import LatteError
 from latte.models import LatteT2V
 from latte.sampling import SampleRequest, generate
@@ -200,6 +201,11 @@ def test_sample_prompt_writes_a_video_of_the_asked_frame_count(tmp_path, text_ru
     assert main(["sample", "--checkpoint", str(text_run), "--output", str(tmp_path / "many.npz"), "--prompt-file",
                  str(prompts), "--negative-prompt", "the digit 8 stays still", "--steps", "2", "--device", "cpu"]) == 0
     assert np.load(tmp_path / "many.npz")["videos"].shape == (2, 1, 4, 16, 16)
+    # a folder of samples records each video's prompt and reads back as a captions dataset
+    assert main(["sample", "--checkpoint", str(text_run), "--output", str(tmp_path / "folder"), "--prompt-file",
+                 str(prompts), "--num-videos", "3", "--steps", "2", "--device", "cpu"]) == 0
+    assert [c for _, c in read_manifest(tmp_path / "folder" / "manifest.jsonl")] == [
+        "the digit 1 moves down", "the digit 2 moves to the left", "the digit 1 moves down"]
 
 
 def test_sample_errors_for_prompts_are_one_line(tmp_path, text_run):

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -127,7 +128,6 @@ def test_loss_goes_down_when_overfitting_a_few_clips(tmp_path, monkeypatch):
     trainer = trainer_module.Trainer(config)
     (tmp_path).mkdir(exist_ok=True)
     trainer.fit()
-    import json
 
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -174,11 +174,15 @@ def test_folder_sampling_is_resumable(tmp_path):
     args = ["sample", "--checkpoint", str(tmp_path / "run"), "--output", str(folder), "--steps", "2",
             "--sampler", "ddim", "--device", "cpu", "--batch-size", "2"]
     assert main(args + ["--num-videos", "3"]) == 0
-    first = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mp4")}
     assert sorted(first) == ["000000.mp4", "000001.mp4", "000002.mp4"]
     assert main(args + ["--num-videos", "5"]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mp4")}
     assert len(after) == 5 and all(after[n] == t for n, t in first.items())
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    classes = load_checkpoint(tmp_path / "run")["model_config"]["num_classes"]
+    assert [r["path"] for r in rows] == sorted(after) and all(r["seed"] == 0 for r in rows)
+    assert [r["label"] for r in rows] == [i % classes for i in range(5)]
 
 
 def test_convert_official_checkpoint_then_sample_from_it(tmp_path):

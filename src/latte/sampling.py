@@ -56,6 +56,15 @@ def prompts_for(indices: list[int], model, request: SampleRequest) -> list[str] 
     return [request.prompts[i % len(request.prompts)] for i in indices]
 
 
+def video_conditions(indices: list[int], model, request: SampleRequest) -> list[dict]:
+    """What each video was asked for: {"caption": prompt} (text models), {"label": class} or {}."""
+    prompts = prompts_for(indices, model, request)
+    if prompts is not None:
+        return [{"caption": p} for p in prompts]
+    labels = labels_for(indices, model, request)
+    return [{} for _ in indices] if labels is None else [{"label": int(y)} for y in labels]
+
+
 def text_inputs(text_encoder, prompts: list[str], device) -> dict:
     hidden, mask = text_encoder(prompts)
     return {"encoder_hidden_states": hidden.to(device), "encoder_attention_mask": mask.to(device)}

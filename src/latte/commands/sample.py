@@ -2,7 +2,9 @@
 
 `--output` ending in .mp4/.gif/.png/.npz writes that format; an output without a suffix is a
 folder for mass sampling (e.g. 2048 videos for FVD): one mp4 per video named by its index, seeds
-per index, existing files skipped (resumable), indices split across processes under torchrun.
+per index, existing files skipped (resumable), indices split across processes under torchrun, and
+a manifest.jsonl naming each video's caption or class (a text model's folder reads back as a
+`captions` dataset).
 Text-to-video checkpoints take --prompt (repeatable) or --prompt-file; video i shows prompt i mod the
 prompt count, guided (--cfg-scale) against the empty prompt or --negative-prompt.
 """
@@ -91,6 +93,21 @@ def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
     return prompts
 
 
+def write_manifest(folder: Path, model, request) -> Path:
+    """folder/manifest.jsonl: one {"path", "seed", "caption" or "label"} line per video of the request."""
+    import json
+
+    from latte.sampling import video_conditions
+    from latte.video_io import atomic_path
+
+    indices = list(range(request.num_videos))
+    lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": request.seed, **asked})
+             for i, asked in zip(indices, video_conditions(indices, model, request))]
+    with atomic_path(folder / "manifest.jsonl") as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / "manifest.jsonl"
+
+
 def run(args) -> int:
     from latte.sampling import SampleRequest, generate
     from latte.train.trainer import pick_device
@@ -121,6 +138,8 @@ def run(args) -> int:
         return 0
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     output.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_manifest(output, model, request)
     todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
     print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
     for start in range(0, len(todo), args.batch_size):
