@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latte.data.moving_mnist import MovingMNIST, direction_of, load_mnist
+from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, direction_of, load_mnist
 from latte.errors import LatteError
 from latte.video_io import read_video, save_videos, to_uint8
 
@@ -68,6 +68,38 @@ def test_captions_match_the_measured_motion_of_the_rendered_video(clips):
         checked += 1
         agree += measured == item["direction"]
     assert checked >= 30 and agree >= 0.9 * checked, (agree, checked)
+
+
+def test_clips_without_bounces_cross_in_a_straight_line_named_by_their_caption():
+    clips = MovingMNIST(num_frames=8, resolution=32, speed=(1.0, 2.0), bounce=False, length=300)
+    room = clips.resolution - clips.digit_size
+    for i in range(len(clips)):
+        item = clips[i]
+        path = item["trajectory"].numpy() - clips.digit_size / 2  # top-left corners (F, 2)
+        steps = np.diff(path, axis=0)
+        assert np.allclose(steps, steps[0], atol=1e-4), i  # constant velocity, never reflected
+        assert path.min() >= -1e-4 and path.max() <= room + 1e-4
+        speed = float(np.hypot(*steps[0]))
+        assert 1.0 - 1e-4 <= speed <= 2.0 + 1e-4
+        # the caption's compass word is the velocity's own direction (within pi/16 of one of the 8)
+        angle = np.arctan2(-steps[0][0], steps[0][1]) % (2 * np.pi)
+        assert item["direction"] == DIRECTIONS[int(np.rint(angle / (np.pi / 4))) % 8], (i, item["direction"], angle)
+    with pytest.raises(LatteError, match="without bounces need max speed <= 2.00"):
+        MovingMNIST(num_frames=8, resolution=32, speed=(1.0, 3.0), bounce=False)
+    with pytest.raises(LatteError, match="speed must be"):
+        MovingMNIST(speed=(2.0, 1.0))
+
+
+def test_speed_and_bounce_reach_the_dataset_from_the_training_config():
+    from latte.train.config import load_config
+    from latte.train.trainer import build_training_data
+
+    config = load_config("moving-mnist-text", None, ["data.mnist_bounce=false", "data.mnist_max_speed=2",
+                                                     "data.mnist_min_speed=1"])
+    dataset = build_training_data(config)[0]
+    assert dataset.base.bounce is False and dataset.base.speed == (1.0, 2.0)
+    with pytest.raises(LatteError, match="data.mnist_bounce applies to the moving-mnist dataset only"):
+        load_config(None, None, ["data.dataset=ucf101", "data.mnist_bounce=false"])
 
 
 def test_missing_csv_is_a_clear_error(tmp_path):

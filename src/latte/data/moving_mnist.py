@@ -74,14 +74,15 @@ def caption_of(digit: int, direction: str) -> str:
 
 
 class MovingMNIST(Dataset):
-    """Clips of `num_digits` bouncing digits on a black `resolution` x `resolution` canvas."""
+    """Clips of `num_digits` bouncing digits on a black `resolution` x `resolution` canvas (bounce=False:
+    each digit crosses the canvas in a straight line, so its caption describes the whole motion)."""
 
     num_classes = 10
     class_names = [str(d) for d in range(10)]
 
     def __init__(self, num_frames: int = 16, resolution: int = 32, num_digits: int = 1, digit_size: int | None = None,
                  split: str = "train", length: int = 10000, seed: int = 0, speed: tuple[float, float] = (1.5, 3.0),
-                 channels: int = 1, csv_path: str | None = None):
+                 channels: int = 1, csv_path: str | None = None, bounce: bool = True):
         if split not in SPLITS:
             raise LatteError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.digit_size = digit_size or max(8, round(resolution * 0.56))  # 18 px digits on a 32 px canvas
@@ -89,7 +90,14 @@ class MovingMNIST(Dataset):
             raise LatteError(f"digit_size {self.digit_size} must fit the {resolution} px canvas")
         if num_frames < 1 or num_digits < 1 or length < 1 or channels not in (1, 3):
             raise LatteError("num_frames, num_digits and length must be >= 1 and channels 1 or 3")
-        self.num_frames, self.resolution, self.num_digits = num_frames, resolution, num_digits
+        speed = tuple(float(v) for v in speed)
+        if len(speed) != 2 or not 0 <= speed[0] <= speed[1]:
+            raise LatteError(f"speed must be (min, max) pixels per frame with 0 <= min <= max, got {speed}")
+        room = resolution - self.digit_size
+        if not bounce and speed[1] * (num_frames - 1) > room:
+            raise LatteError(f"clips without bounces need max speed <= {room / max(num_frames - 1, 1):.2f} px/frame "
+                             f"({num_frames} frames, {room} px of room), got {speed[1]}")
+        self.num_frames, self.resolution, self.num_digits, self.bounce = num_frames, resolution, num_digits, bounce
         self.split, self.length, self.seed, self.speed, self.channels = split, length, seed, speed, channels
         self.csv_path = str(mnist_csv_path(csv_path))
         digits, labels = load_mnist(self.csv_path)
@@ -109,12 +117,18 @@ class MovingMNIST(Dataset):
         return self.length
 
     def trajectory(self, rng: np.random.Generator) -> np.ndarray:
-        """Top-left corners (F, 2) as (y, x) of one digit: constant speed, reflected at the edges."""
+        """Top-left corners (F, 2) as (y, x) of one digit: constant speed, reflected at the edges; without
+        bounces the start is drawn among the positions whose straight path stays on the canvas."""
         room = self.resolution - self.digit_size
         pos = rng.uniform(0, room, size=2)
         # near one of the 8 compass directions, so a caption can name the motion unambiguously
         angle = rng.integers(0, 8) * np.pi / 4 + rng.uniform(-np.pi / 16, np.pi / 16)
         velocity = rng.uniform(*self.speed) * np.array([np.sin(angle), np.cos(angle)])
+        if not self.bounce:
+            travel = velocity * (self.num_frames - 1)  # (2,) signed displacement over the clip
+            low, high = np.maximum(0, -travel), np.minimum(room, room - travel)
+            pos = low + (pos / max(room, 1e-9)) * (high - low)
+            return pos + np.arange(self.num_frames)[:, None] * velocity
         out = np.empty((self.num_frames, 2))
         for f in range(self.num_frames):
             out[f] = pos

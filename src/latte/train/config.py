@@ -65,6 +65,10 @@ class DataSection:
     vae: str = "none"  # none (pixel space) | diffusers AutoencoderKL folder or hub id
     cache: str | None = None  # latent cache written by `latte encode`
     num_workers: int = 2
+    # moving-mnist only: digit speed range in pixels per frame, and whether digits bounce off the edges
+    mnist_min_speed: float = 1.5
+    mnist_max_speed: float = 3.0
+    mnist_bounce: bool = True
 
 
 @dataclass
@@ -262,8 +266,15 @@ def validate_model(m: ModelSection) -> None:
         raise LatteError(f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
 
 
+MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
+
+
 def validate(config: Config) -> None:
     validate_model(config.model)
+    if config.data.dataset.lower().replace("_", "-") != "moving-mnist":
+        for key in MNIST_DATA_KEYS:
+            if getattr(config.data, key) != getattr(DataSection(), key):
+                raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
     choices = {
         ("diffusion", "prediction"): ("epsilon", "v", "x0"),
         ("diffusion", "loss_weighting"): ("none", "min-snr"),
