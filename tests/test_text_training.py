@@ -27,7 +27,7 @@ CAPTION = re.compile(r"the digit \d (moves (up|down|to the (upper |lower )?(left
 TINY_TEXT = ["train.device=cpu", "data.num_workers=0", "model.hidden_size=32", "model.depth=2", "model.num_heads=2",
              "data.num_frames=4", "data.resolution=16", "train.batch_size=4", "train.checkpoint_every=2",
              "train.log_every=1", "train.ema_decay=0.9", "train.sample_every=0", "optim.warmup_steps=0",
-             "sample.num_videos=2", "sample.steps=2"]
+             "sample.num_videos=2", "sample.steps=2", "data.images_per_clip=0"]
 
 
 def text_config(output: Path, *overrides: str):
