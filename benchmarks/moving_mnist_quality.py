@@ -99,7 +99,7 @@ def main() -> None:
     frame_accuracy = (predicted == labels[:, None]).float().mean().item()
     clip_agreement = (predicted.mode(dim=1).values == labels).float().mean().item()
     real = MovingMNIST(num_frames=frames, resolution=size, split="test", length=len(videos), seed=9,
-                       speed=(config.data.mnist_min_speed, config.data.mnist_max_speed), bounce=config.data.mnist_bounce)
+                       **config.data.mnist_kwargs())
     real_videos = torch.stack([real[i]["video"] for i in range(len(real))])
     real_step, real_jitter = motion(real_videos)
     fake_step, fake_jitter = motion(videos)

@@ -61,7 +61,7 @@ def main() -> None:
 
     net, real_frame_accuracy = train_classifier(size, frames, args.classifier_seconds)
     real = MovingMNIST(num_frames=frames, resolution=size, split="test", length=400, seed=9,
-                       speed=(config.data.mnist_min_speed, config.data.mnist_max_speed), bounce=config.data.mnist_bounce)
+                       **config.data.mnist_kwargs())
     items = [real[i] for i in range(len(real))]
     real_videos = torch.stack([it["video"] for it in items])
     real_digit = (majority_digits(net, real_videos) == torch.tensor([it["label"] for it in items])).float().mean()

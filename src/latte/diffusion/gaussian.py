@@ -145,7 +145,7 @@ class GaussianDiffusion:
         channels = x0.shape[1]
         prediction = out[:, :channels]
         mse = mean_flat((self.target(x0, t, noise) - prediction.float()) ** 2)
-        losses = {"mse": mse, "loss": mse * self.loss_weight(t) if self.loss_weighting != "none" else mse}
+        losses = {"mse": mse, "loss": mse * self.loss_weight(t)}
         if self.learn_sigma:
             if out.shape[1] != 2 * channels:
                 raise LatteError(f"learned sigma needs {2 * channels} output channels, the model gives {out.shape[1]}")

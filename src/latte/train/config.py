@@ -70,6 +70,14 @@ class DataSection:
     mnist_max_speed: float = 3.0
     mnist_bounce: bool = True
 
+    @property
+    def is_moving_mnist(self) -> bool:
+        return self.dataset.lower().replace("_", "-") == "moving-mnist"
+
+    def mnist_kwargs(self) -> dict:
+        """The MovingMNIST keyword arguments the mnist_* keys set."""
+        return {"speed": (self.mnist_min_speed, self.mnist_max_speed), "bounce": self.mnist_bounce}
+
 
 @dataclass
 class OptimSection:
@@ -271,7 +279,7 @@ MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
 
 def validate(config: Config) -> None:
     validate_model(config.model)
-    if config.data.dataset.lower().replace("_", "-") != "moving-mnist":
+    if not config.data.is_moving_mnist:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")

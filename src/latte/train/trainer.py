@@ -48,9 +48,7 @@ def build_training_data(config: Config):
 
         dataset = LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip, seed=config.train.seed)
         return dataset, load_vae(dataset.manifest.get("vae", "none")), False
-    own = {}
-    if data.dataset.lower().replace("_", "-") == "moving-mnist":
-        own = {"speed": (data.mnist_min_speed, data.mnist_max_speed), "bounce": data.mnist_bounce}
+    own = data.mnist_kwargs() if data.is_moving_mnist else {}
     dataset = build_dataset(data.dataset, data.root, num_frames=data.num_frames, frame_interval=data.frame_interval,
                             resolution=data.resolution, images_per_clip=data.images_per_clip, seed=config.train.seed,
                             **own)
