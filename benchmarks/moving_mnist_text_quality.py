@@ -10,6 +10,12 @@ the upper left"): 10 x 8 = 80 prompts, each sampled --per-prompt times. Each sam
   the first to the last frame snaps to the asked compass direction, by the same rule that wrote the
   training captions (components under a quarter of the displacement, or 1 px, do not count).
 The same two readings of real held-out clips against their own captions give the ceilings.
+
+Before sampling it also asks whether the model uses each part of the caption at high noise, where
+the layout of a sample is decided: the x0 error on real held-out clips noised to --probe-t with their
+own caption, with the same digit moving the opposite way, with another digit moving the same way, and
+with the empty prompt. The error of the best predictors that know only the direction (the clip mean
+of each direction) or only the digit, against the overall mean, shows how much each part can gain.
 """
 from __future__ import annotations
 
@@ -32,6 +38,42 @@ def directions(videos: torch.Tensor) -> list[str]:
             for dy, dx in moves]
 
 
+OPPOSITE = {d: DIRECTIONS[(DIRECTIONS.index(d) + 4) % len(DIRECTIONS)] for d in DIRECTIONS}
+
+
+@torch.no_grad()
+def caption_use(model, diffusion, text_encoder, items: list[dict], t: int, seed: int) -> dict[str, float]:
+    """x0 mean squared error of clips noised to step t under four captions (see the module text)."""
+    x0 = torch.stack([it["video"] for it in items])  # (N, C, F, H, W)
+    steps = torch.full((len(items),), t)
+    x_t = diffusion.q_sample(x0, steps, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)))
+    captions = {
+        "own caption": [it["caption"] for it in items],
+        "opposite direction": [caption_of(it["label"], OPPOSITE[it["direction"]]) for it in items],
+        "another digit": [caption_of((it["label"] + 1) % 10, it["direction"]) for it in items],
+        "empty prompt": [""] * len(items),
+    }
+    errors = {}
+    for name, texts in captions.items():
+        hidden, mask = text_encoder(texts)
+        out = model(x_t, steps, encoder_hidden_states=hidden, encoder_attention_mask=mask)[:, :x0.shape[1]]
+        errors[name] = float(((diffusion.predict_x0(x_t, steps, out) - x0) ** 2).mean())
+    return errors
+
+
+def group_mean_errors(items: list[dict]) -> dict[str, float]:
+    """Mean squared error of the best predictor knowing nothing / only the direction / only the digit."""
+    x0 = torch.stack([it["video"] for it in items])
+    errors = {"overall mean": float(((x0 - x0.mean(0)) ** 2).mean())}
+    for name, key in (("direction mean", "direction"), ("digit mean", "label")):
+        guess = torch.empty_like(x0)
+        for value in {it[key] for it in items}:
+            rows = [i for i, it in enumerate(items) if it[key] == value]
+            guess[rows] = x0[rows].mean(0)
+        errors[name] = float(((x0 - guess) ** 2).mean())
+    return errors
+
+
 def majority_digits(net: torch.nn.Module, videos: torch.Tensor) -> torch.Tensor:
     """(N, 1, F, H, W) -> the class most of each clip's frames are read as, (N,)."""
     with torch.no_grad():
@@ -49,9 +91,11 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=None, help="default: the run's sample.cfg_scale")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--probe-t", type=int, default=900, help="timestep of the caption-use probe")
+    parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA weights")
     args = parser.parse_args()
 
-    model, diffusion, config, _ = load_for_sampling(args.checkpoint)
+    model, diffusion, config, _ = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
     text_encoder = text_encoder_for(config)
     if text_encoder is None:
         parser.error(f"{args.checkpoint} is not a text-to-video checkpoint (see moving_mnist_quality.py)")
@@ -66,6 +110,13 @@ def main() -> None:
     real_videos = torch.stack([it["video"] for it in items])
     real_digit = (majority_digits(net, real_videos) == torch.tensor([it["label"] for it in items])).float().mean()
     real_direction = sum(d == it["direction"] for d, it in zip(directions(real_videos), items)) / len(items)
+
+    probe = caption_use(model, diffusion, text_encoder, items[:200], args.probe_t, args.seed)
+    best = group_mean_errors([MovingMNIST(num_frames=frames, resolution=size, length=2000, seed=5,
+                                          **config.data.mnist_kwargs())[i] for i in range(2000)])
+    print(f"x0 error of 200 real clips at t={args.probe_t}: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
+    print("best predictors of 2000 real clips (no noise information): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
 
     request = SampleRequest(num_videos=len(prompts) * args.per_prompt, sampler=args.sampler or config.sample.sampler,
                             steps=args.steps or config.sample.steps,

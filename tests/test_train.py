@@ -219,3 +219,21 @@ def test_ema_warmup_caps_the_decay_at_the_start(tmp_path):
     for name, param in trainer.model.named_parameters():
         expected = 0.1 * start[name] + 0.9 * param.detach()
         torch.testing.assert_close(trainer.ema.state_dict()[name], expected)
+
+
+def test_timestep_power_draws_high_noise_steps_more_often(tmp_path):
+    from latte.train.trainer import Trainer
+
+    def drawn(power: str) -> torch.Tensor:
+        trainer = Trainer(tiny_config(tmp_path / power, f"diffusion.timestep_power={power}", "train.batch_size=64"),
+                          log=lambda *a: None)
+        return torch.cat([trainer._draw(torch.Size([64, 1]), None)[0] for _ in range(40)]).float()  # 2560 steps
+
+    uniform, high = drawn("1.0"), drawn("0.4")
+    T = 1000
+    assert high.min() >= 0 and high.max() <= T - 1
+    # P(t >= 0.7 T) is 0.3 for uniform draws and 1 - 0.7 ** 2.5 = 0.59 for u ** 0.4
+    assert abs((uniform >= 700).float().mean() - 0.30) < 0.04
+    assert abs((high >= 700).float().mean() - (1 - 0.7 ** 2.5)) < 0.04
+    with pytest.raises(LatteError, match="timestep_power"):
+        tiny_config(tmp_path, "diffusion.timestep_power=0")

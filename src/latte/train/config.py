@@ -52,6 +52,7 @@ class DiffusionSection:
     prediction: str = "epsilon"  # epsilon | v | x0
     loss_weighting: str = "none"  # none (Latte) | min-snr (Hang et al. 2023, weight min(SNR, gamma) in x0 units)
     min_snr_gamma: float = 5.0
+    timestep_power: float = 1.0  # training steps t = T * u**power, u uniform: 1 is uniform, < 1 favours high noise
 
 
 @dataclass
@@ -303,6 +304,8 @@ def validate(config: Config) -> None:
         raise LatteError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if config.optim.lr <= 0:
         raise LatteError(f"optim.lr must be > 0, got {config.optim.lr}")
+    if config.diffusion.timestep_power <= 0:
+        raise LatteError(f"diffusion.timestep_power must be > 0, got {config.diffusion.timestep_power}")
 
 
 def resume_differences(stored: dict, current: Config) -> list[str]:
