@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,10 +141,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "latte.cli", "train", "--output-dir", str(tmp_path / "one"), *common],
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as probe:  # a port nobody holds now, not a fixed one another run may still hold
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                           "-m", "latte.cli", "train", "--output-dir", str(tmp_path / "two"), *common],
                          capture_output=True, text=True, env=env)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.returncode == 0, ddp.stderr[:3000] + "\n...\n" + ddp.stderr[-1000:]  # the root cause comes first
     one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
     assert two["world_size"] == 2
     for name, tensor in one["model"].items():
