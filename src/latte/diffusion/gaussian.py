@@ -77,9 +77,14 @@ class GaussianDiffusion:
         values = table.to(t.device)[t].to(like.dtype)
         return values.view(-1, *([1] * (like.ndim - 1)))
 
-    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
-        """One uniform timestep per clip."""
-        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device="cpu",
+                         power: float = 1.0) -> torch.Tensor:
+        """One timestep per clip, t = T * u**power for uniform u: 1 is uniform; below 1, high-noise steps
+        (where a sample's layout is set) come more often."""
+        T = self.num_timesteps
+        if power == 1.0:
+            return torch.randint(0, T, (batch,), generator=generator).to(device)
+        return (torch.rand(batch, generator=generator) ** power * T).long().clamp(max=T - 1).to(device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""

@@ -260,11 +260,7 @@ class Trainer:
     def _draw(self, x_shape: torch.Size, condition_shape) -> tuple:
         """Timesteps, noise and label- or caption-dropout mask for the whole global batch (same on every rank)."""
         G = self.config.train.batch_size
-        T, power = self.diffusion.num_timesteps, self.config.diffusion.timestep_power
-        if power == 1.0:
-            t = torch.randint(0, T, (G,), generator=self.noise)
-        else:  # u**power of a uniform u: below 1, high-noise steps (where a sample's layout is set) come more often
-            t = (torch.rand(G, generator=self.noise) ** power * T).long().clamp(max=T - 1)
+        t = self.diffusion.sample_timesteps(G, self.noise, power=self.config.diffusion.timestep_power)
         noise = torch.randn((G, *x_shape[1:]), generator=self.noise)
         drop = None
         if condition_shape is not None:
