@@ -225,6 +225,22 @@ def test_ema_warmup_caps_the_decay_at_the_start(tmp_path):
         torch.testing.assert_close(trainer.ema.state_dict()[name], expected)
 
 
+def test_lr_warms_up_holds_and_decays_to_zero_over_the_last_steps(tmp_path):
+    from latte.train.trainer import Trainer
+
+    config = tiny_config(tmp_path, "optim.lr=1e-3", "optim.warmup_steps=4", "optim.decay_steps=10",
+                         "train.max_steps=40")
+    trainer = Trainer(config, log=lambda *a: None)
+    lrs = [trainer.lr_at(step) for step in range(40)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:30] == pytest.approx([1e-3] * 26)
+    assert lrs[30:] == pytest.approx([1e-3 * k / 10 for k in range(10, 0, -1)])  # the last step still moves
+    trainer.train_step(iter(trainer._loader()))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    with pytest.raises(LatteError, match="decay_steps"):
+        tiny_config(tmp_path, "optim.decay_steps=41", "train.max_steps=40")
+
+
 def test_timestep_power_draws_high_noise_steps_more_often(tmp_path):
     from latte.train.trainer import Trainer
 

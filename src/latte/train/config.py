@@ -87,6 +87,7 @@ class OptimSection:
     beta2: float = 0.999
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    decay_steps: int = 0  # lr falls linearly to 0 over the last N steps of train.max_steps (0: constant)
     grad_clip: float = 0.1  # max gradient norm; 0 disables
     clip_from_step: int = 0  # clipping starts at this step (the official recipe starts later)
 
@@ -304,6 +305,9 @@ def validate(config: Config) -> None:
         raise LatteError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if config.optim.lr <= 0:
         raise LatteError(f"optim.lr must be > 0, got {config.optim.lr}")
+    if not 0 <= config.optim.decay_steps <= config.train.max_steps:
+        raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
+                         f"got {config.optim.decay_steps}")
     if config.diffusion.timestep_power <= 0:
         raise LatteError(f"diffusion.timestep_power must be > 0, got {config.diffusion.timestep_power}")
 

@@ -297,11 +297,18 @@ class Trainer:
         return {"encoder_hidden_states": hidden.to(self.device), "encoder_attention_mask": mask.to(self.device),
                 "num_images": num_images}
 
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over optim.warmup_steps, constant, then linear decay to 0 over the last optim.decay_steps."""
+        o = self.config.optim
+        factor = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.decay_steps:
+            factor = min(factor, (self.config.train.max_steps - step) / o.decay_steps)
+        return o.lr * factor
+
     def train_step(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
         t_cfg, o = self.config.train, self.config.optim
-        lr = o.lr * min(1.0, (self.step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr_at(self.step)
         self.net.train()
         total = torch.zeros((), device=self.device)
         for a in range(t_cfg.grad_accum):
