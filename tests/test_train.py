@@ -257,3 +257,20 @@ def test_timestep_power_draws_high_noise_steps_more_often(tmp_path):
     assert abs((high >= 700).float().mean() - (1 - 0.7 ** 2.5)) < 0.04
     with pytest.raises(LatteError, match="timestep_power"):
         tiny_config(tmp_path, "diffusion.timestep_power=0")
+
+
+def test_timestep_power_until_returns_to_uniform_draws_at_that_step(tmp_path):
+    from latte.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, "diffusion.timestep_power=0.25", "diffusion.timestep_power_until=30",
+                                  "train.max_steps=40", "train.batch_size=64"), log=lambda *a: None)
+
+    def drawn(step: int) -> torch.Tensor:
+        trainer.step = step
+        return torch.cat([trainer._draw(torch.Size([64, 1]), None)[0] for _ in range(40)]).float()
+
+    # P(t >= 0.7 T): 1 - 0.7 ** 4 = 0.76 before step 30, 0.30 (uniform) from it on
+    assert abs((drawn(29) >= 700).float().mean() - (1 - 0.7 ** 4)) < 0.04
+    assert abs((drawn(30) >= 700).float().mean() - 0.30) < 0.04
+    with pytest.raises(LatteError, match="timestep_power_until"):
+        tiny_config(tmp_path, "diffusion.timestep_power_until=41", "train.max_steps=40")

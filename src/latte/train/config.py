@@ -53,6 +53,7 @@ class DiffusionSection:
     loss_weighting: str = "none"  # none (Latte) | min-snr (Hang et al. 2023, weight min(SNR, gamma) in x0 units)
     min_snr_gamma: float = 5.0
     timestep_power: float = 1.0  # training steps t = T * u**power, u uniform: 1 is uniform, < 1 favours high noise
+    timestep_power_until: int = 0  # training step from which t is drawn uniformly again (0: the power holds throughout)
 
 
 @dataclass
@@ -310,6 +311,9 @@ def validate(config: Config) -> None:
                          f"got {config.optim.decay_steps}")
     if config.diffusion.timestep_power <= 0:
         raise LatteError(f"diffusion.timestep_power must be > 0, got {config.diffusion.timestep_power}")
+    if not 0 <= config.diffusion.timestep_power_until <= config.train.max_steps:
+        raise LatteError(f"diffusion.timestep_power_until must be in [0, train.max_steps={config.train.max_steps}], "
+                         f"got {config.diffusion.timestep_power_until}")
 
 
 def resume_differences(stored: dict, current: Config) -> list[str]:

@@ -260,7 +260,9 @@ class Trainer:
     def _draw(self, x_shape: torch.Size, condition_shape) -> tuple:
         """Timesteps, noise and label- or caption-dropout mask for the whole global batch (same on every rank)."""
         G = self.config.train.batch_size
-        t = self.diffusion.sample_timesteps(G, self.noise, power=self.config.diffusion.timestep_power)
+        d = self.config.diffusion
+        power = d.timestep_power if not d.timestep_power_until or self.step < d.timestep_power_until else 1.0
+        t = self.diffusion.sample_timesteps(G, self.noise, power=power)
         noise = torch.randn((G, *x_shape[1:]), generator=self.noise)
         drop = None
         if condition_shape is not None:
