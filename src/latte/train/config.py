@@ -311,9 +311,8 @@ def validate(config: Config) -> None:
                          f"got {config.optim.decay_steps}")
     if config.diffusion.timestep_power <= 0:
         raise LatteError(f"diffusion.timestep_power must be > 0, got {config.diffusion.timestep_power}")
-    if not 0 <= config.diffusion.timestep_power_until <= config.train.max_steps:
-        raise LatteError(f"diffusion.timestep_power_until must be in [0, train.max_steps={config.train.max_steps}], "
-                         f"got {config.diffusion.timestep_power_until}")
+    if config.diffusion.timestep_power_until < 0:  # past train.max_steps the power simply holds throughout
+        raise LatteError(f"diffusion.timestep_power_until must be >= 0, got {config.diffusion.timestep_power_until}")
 
 
 def resume_differences(stored: dict, current: Config) -> list[str]:
