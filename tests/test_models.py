@@ -1,4 +1,6 @@
 import itertools
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,8 +8,8 @@ import torch
 
 from latte.errors import LatteError
 from latte.models import (create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config)
-from latte.models.latte import Context, LatteBlock
-from latte.models.layers import Attention, rope_angles, sincos_1d, sincos_2d
+from latte.models.blocks import Context, LatteBlock
+from latte.models.layers import Attention, rope_table, sincos_1d, sincos_2d
 from official_reference import official_forward
 
 OPTIONS = list(itertools.product((1, 2, 3, 4), ("frame", "tubelet"), ("adaln", "tokens"), ("absolute", "rope")))
@@ -98,7 +100,7 @@ def test_sincos_tables_follow_the_official_formula():
 def test_official_checkpoint_loads_strictly_and_matches_the_official_forward(tmp_path, num_classes, learn_sigma):
     source = randomize(create_model("Latte-T/2", num_frames=4, input_size=8, num_classes=num_classes,
                                     learn_sigma=learn_sigma), seed=1)
-    source.pos_embed.copy_(torch.tensor(sincos_2d(64, 4, 4))[None])
+    source.pos_embed.copy_(sincos_2d(64, 4, 4).float()[None])
     state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}  # DDP-prefixed, as in the wild
     path = tmp_path / "ffs_t_2.pt"
     torch.save({"ema": state, "model": {"junk": torch.zeros(1)}}, path)
@@ -144,17 +146,17 @@ def test_init_from_dit_copies_matching_tensors_and_reports_the_rest(tmp_path):
     assert "copied" in report.summary()
 
 
-def _block_ctx(batch, frames, grid, dim=64, video_frames=None, rope=None):
+def _block_ctx(batch, frames, dim=64, video_frames=None, rope=None):
     gen = torch.Generator().manual_seed(7)
     frames_c = torch.randn(batch, frames, dim, generator=gen)
-    return Context(frames_c, frames_c[:, 0], video_frames or frames, grid, rope, True)
+    return Context(video_frames or frames, rope, frames=frames_c, video=frames_c[:, 0])
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal"])
 def test_spatial_blocks_never_mix_frames_and_temporal_blocks_never_mix_positions(kind):
-    block = randomize(LatteBlock(kind, 64, 4, 4.0, adaln=True))
+    block = randomize(LatteBlock(kind, 64, 4, 4.0, "adaln"))
     x = torch.randn(2, 5, 6, 64)  # (B, F, N, D)
-    ctx = _block_ctx(2, 5, 6)
+    ctx = _block_ctx(2, 5)
     ctx.frames = ctx.frames[:, :1].expand(-1, 5, -1)  # one condition per clip
     x2 = x.clone()
     x2[:, 2, 3] += 1.0  # perturb frame 2 at position 3
@@ -170,8 +172,8 @@ def test_spatial_blocks_never_mix_frames_and_temporal_blocks_never_mix_positions
 def test_rope_attention_is_relative():
     attn = randomize(Attention(64, 4))
     x = torch.randn(3, 6, 64)
-    base = attn(x, rope=rope_angles(torch.arange(6), 16))
-    shifted = attn(x, rope=rope_angles(torch.arange(6) + 11, 16))
+    base = attn(x, rope=rope_table(torch.arange(6), 16))
+    shifted = attn(x, rope=rope_table(torch.arange(6) + 11, 16))
     plain = attn(x)
     torch.testing.assert_close(base, shifted, rtol=1e-5, atol=1e-5)
     assert (base - plain).abs().max() > 1e-3
@@ -262,3 +264,32 @@ def test_flops_scale_with_the_variant_design():
     assert flops[3] < flops[1]
     half = forward_flops(tiny(), frames=2)
     assert half < flops[1] * 0.6
+
+
+REFERENCE = Path(__file__).parent / "data" / "reference_outputs.pt"
+
+
+def randomize_by_name(model, seed=0, std=0.1):
+    """Weights drawn per parameter name, so the values do not depend on the order modules are built in."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+@pytest.mark.parametrize("variant,patch_embed,conditioning,temporal_pos", OPTIONS)
+def test_every_option_combination_gives_its_stored_reference_output(variant, patch_embed, conditioning, temporal_pos):
+    """Outputs stored by tests/data/make_reference_outputs.py from the model as it was verified against
+    the official code (commit b1de790), for every variant, token extraction, conditioning and
+    temporal position, with and without joint image frames."""
+    stored = torch.load(REFERENCE)
+    inputs_, key = stored["inputs"], f"{variant}-{patch_embed}-{conditioning}-{temporal_pos}"
+    model = randomize_by_name(tiny(variant=variant, patch_embed=patch_embed, conditioning=conditioning,
+                                   temporal_pos=temporal_pos)).eval()
+    with torch.no_grad():
+        out = model(inputs_["x"], inputs_["t"], inputs_["y"])
+        torch.testing.assert_close(out, stored["outputs"][key], rtol=1e-5, atol=1e-5)
+        if patch_embed == "frame":
+            joint = model(inputs_["x_joint"], inputs_["t"], inputs_["y_joint"], num_images=2)
+            torch.testing.assert_close(joint, stored["outputs"][key + "-joint"], rtol=1e-5, atol=1e-5)

@@ -1,5 +1,5 @@
 """Text-to-video training and sampling end to end on CPU: the offline MiniLM encoder, caption dropout,
-a tiny LatteT2V trained on captioned Moving MNIST, checkpoints, resume, `latte sample --prompt`."""
+a tiny text-to-video Latte trained on captioned Moving MNIST, checkpoints, resume, `latte sample --prompt`."""
 import re
 import subprocess
 import sys
@@ -15,7 +15,6 @@ from latte.cli import main
 from latte.data.cache import CacheSettings, LatentCacheDataset, encode_dataset
 from latte.data.manifest import read_manifest
 from latte.errors import LatteError
-from latte.models import LatteT2V
 from latte.sampling import SampleRequest, generate
 from latte.text_encoder import TextEncoder, drop_captions, minilm_folder
 from latte.train.checkpoint import load_checkpoint
@@ -41,7 +40,7 @@ def encoder() -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
-    """A tiny LatteT2V trained 4 steps on captioned Moving MNIST, with its end-of-training samples."""
+    """A tiny text-to-video Latte trained 4 steps on captioned Moving MNIST, with its end-of-training samples."""
     output = tmp_path_factory.mktemp("text-run")
     train(text_config(output, "train.max_steps=4"), write_samples_at_end=True)
     return output
@@ -87,7 +86,7 @@ def test_a_missing_encoder_folder_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("overrides, needle", [
     (["model.name=Latte-T/4"], "must be a text-to-video model"),
-    (["model.variant=2"], "model.variant applies to class/unconditional models only"),
+    (["model.conditioning=tokens"], "model.conditioning applies to class/unconditional models only"),
     (["model.text_encoder=null"], "is text-to-video: set model.text_encoder"),
     (["model.caption_dropout=1.5"], "caption_dropout must be in [0, 1)"),
     (["model.depth=3"], "needs it even"),
@@ -115,7 +114,7 @@ def test_training_starts_from_a_pixart_alpha_transformer_when_asked(tmp_path):
     ours = trainer.model.state_dict()
     assert torch.equal(ours["x_embedder.proj.weight"], pixart.pos_embed.proj.weight.detach())
     assert torch.equal(ours["caption_projection.fc1.weight"], pixart.caption_projection.linear_1.weight.detach())
-    assert torch.equal(ours["spatial_blocks.0.mlp.fc2.weight"], pixart.transformer_blocks[0].ff.net[2].weight.detach())
+    assert torch.equal(ours["blocks.0.mlp.fc2.weight"], pixart.transformer_blocks[0].ff.net[2].weight.detach())
     assert any(line.startswith(f"init from PixArt-alpha {tmp_path / 'pixart'}") for line in logs), logs
     assert torch.equal(trainer.ema.state_dict()["x_embedder.proj.weight"], ours["x_embedder.proj.weight"])
     with pytest.raises(LatteError, match="model.init_from_pixart applies to text-to-video models only"):
@@ -157,7 +156,7 @@ def test_text_training_writes_checkpoints_and_samples_that_rebuild_the_model(tex
     state = load_checkpoint(text_run)
     assert state["step"] == 4 and state["config"]["model"]["text_encoder"] == "minilm"
     assert state["model_config"]["caption_channels"] == 384 and state["model_config"]["patch_size"] == 4
-    assert state["model_config"]["num_layers"] == 1 and state["model_config"]["num_frames"] == 4
+    assert state["model_config"]["depth"] == 2 and state["model_config"]["num_frames"] == 4
     prompts = (text_run / "samples" / "final.txt").read_text().splitlines()
     assert len(prompts) == 2 and all(CAPTION.fullmatch(p) for p in prompts)
     assert (text_run / "samples" / "final.png").is_file() and (text_run / "samples" / "final_001.mp4").is_file()
@@ -221,7 +220,7 @@ def sample_text(text_run: Path, **request) -> torch.Tensor:
     from latte.commands.sample import load_for_sampling, text_encoder_for
 
     model, diffusion, config, _ = load_for_sampling(str(text_run))
-    assert isinstance(model, LatteT2V)
+    assert model.config.is_text
     request = SampleRequest(**{"num_videos": 2, "sampler": "ddim", "steps": 2, "seed": 3, **request})
     return generate(model, diffusion, request, progress=False, text_encoder=text_encoder_for(config))[0]
 

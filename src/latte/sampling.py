@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from latte.diffusion import sample as diffusion_sample
 from latte.errors import LatteError
-from latte.models import Latte, LatteT2V
+from latte.models import Latte
 
 
 @dataclass
@@ -45,7 +45,7 @@ def labels_for(indices: list[int], model: Latte, request: SampleRequest) -> torc
 
 
 def prompts_for(indices: list[int], model, request: SampleRequest) -> list[str] | None:
-    if not isinstance(model, LatteT2V):
+    if not model.config.is_text:
         if request.prompts or request.negative_prompt:
             raise LatteError("this model is not text-conditioned: prompts do not apply")
         return None
@@ -77,7 +77,7 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: Latte | LatteT2V, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
+def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
              text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text

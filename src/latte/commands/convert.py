@@ -71,11 +71,11 @@ def run(args) -> int:
     elif source == "diffusers":
         model = models.load_diffusers_transformer(args.input)
     else:  # pixart: spatial blocks, patch embedding, adaLN-single and caption projection copied
-        model = models.create_t2v_model(args.t2v_model, num_frames=args.num_frames)
+        model = models.create_model(args.t2v_model, num_frames=args.num_frames)
         report = models.init_from_pixart(model, args.input)
     if report is not None:
         print(report.summary())
-    text_model = isinstance(model, models.LatteT2V)
+    text_model = model.config.is_text
     if target == "latte":
         if text_model:
             raise LatteError("text-to-video models convert to the diffusers layout (--to diffusers) in this version")

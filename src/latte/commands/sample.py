@@ -53,14 +53,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 def load_for_sampling(checkpoint: str, use_ema: bool = True):
     """(model, diffusion, run config, vae or None) from a training checkpoint."""
     from latte.models import build_model
-    from latte.models.text import build_t2v_model
     from latte.train.checkpoint import load_checkpoint
     from latte.train.config import config_from_dict
     from latte.train.trainer import make_diffusion
 
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
-    model = (build_t2v_model if config.model.text_encoder else build_model)(state["model_config"])
+    model = build_model(state["model_config"])
     model.load_state_dict(state["ema" if use_ema else "model"])
     vae_spec = state.get("vae") or "none"
     vae = None

@@ -1,20 +1,21 @@
-"""The Latte model family: `create_model("Latte-XL/2", variant=1, ...)` and checkpoint interop."""
+"""The Latte model family: `create_model("Latte-XL/2", variant=1, ...)`, `create_model("Latte-1")`
+(text-to-video), and checkpoint interop."""
 from __future__ import annotations
 
 import torch
 
 from latte.models.checkpoints import (TransferReport, copy_matching, infer_config, init_from_dit,
-                                      load_official_checkpoint, read_state_dict)
-from latte.models.config import MODEL_NAMES, SIZES, ModelConfig, model_config
+                                      load_official_checkpoint, read_state_dict, upgrade_state_dict)
+from latte.models.config import MODEL_NAMES, SIZES, TEXT_MODELS, ModelConfig, model_config
 from latte.models.diffusers_interop import export_diffusers_transformer, init_from_pixart, load_diffusers_transformer
 from latte.models.latte import Latte
-from latte.models.text import LatteT2V, T2VConfig, create_t2v_model
 
 
 def create_model(name: str, **options) -> Latte:
-    """A registry model (`Latte-S/2` ... `Latte-XL/8`, `Latte-T/2` for tests) with options such as
-    variant, patch_embed, tubelet_frames, conditioning, temporal_pos, num_classes, learn_sigma,
-    num_frames, input_size, in_channels (any ModelConfig field)."""
+    """A registry model (`Latte-S/2` ... `Latte-XL/8`, `Latte-T/2` for tests; text-to-video `Latte-1`,
+    `LatteT2V-T`) with options such as variant, patch_embed, tubelet_frames, conditioning,
+    temporal_pos, num_classes, learn_sigma, num_frames, input_size, in_channels, caption_channels
+    (any ModelConfig field)."""
     return Latte(model_config(name, **options))
 
 
@@ -25,27 +26,33 @@ def build_model(config: ModelConfig | dict) -> Latte:
     return Latte(config)
 
 
-def forward_flops(model: Latte, batch: int = 1, frames: int | None = None, input_size=None) -> int:
-    """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips, counted on the meta device."""
+def forward_flops(model: Latte, batch: int = 1, frames: int | None = None, input_size=None,
+                  caption_tokens: int = 120) -> int:
+    """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips, counted on the meta
+    device; text models attend to `caption_tokens` caption tokens (120: Latte-1's T5 length)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     c = model.config
     h, w = c.latent_hw if input_size is None else ((input_size,) * 2 if isinstance(input_size, int) else input_size)
     frames = frames or c.num_frames
-    meta = Latte(c).to("meta") if next(model.parameters()).device.type != "meta" else model
+    with torch.device("meta"):
+        meta = Latte(c)
     x = torch.zeros(batch, c.in_channels, frames, h, w, device="meta")
     t = torch.zeros(batch, dtype=torch.long, device="meta")
-    y = torch.zeros(batch, dtype=torch.long, device="meta") if c.num_classes else None
+    kwargs = {}
+    if c.is_text:
+        kwargs["encoder_hidden_states"] = torch.zeros(batch, caption_tokens, c.caption_channels, device="meta")
+    elif c.num_classes:
+        kwargs["y"] = torch.zeros(batch, dtype=torch.long, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        meta.eval()(x, t, y)
+        meta.eval()(x, t, **kwargs)
     return counter.get_total_flops()
 
 
 __all__ = [
-    "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TransferReport", "build_model", "copy_matching",
+    "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TEXT_MODELS", "TransferReport", "build_model", "copy_matching",
     "create_model", "forward_flops", "infer_config", "init_from_dit", "load_official_checkpoint",
-    "model_config", "read_state_dict",
-    "LatteT2V", "T2VConfig", "create_t2v_model", "export_diffusers_transformer", "init_from_pixart",
-    "load_diffusers_transformer",
+    "model_config", "read_state_dict", "upgrade_state_dict",
+    "export_diffusers_transformer", "init_from_pixart", "load_diffusers_transformer",
 ]

@@ -46,6 +46,21 @@ def read_state_dict(source, *, what: str = "checkpoint") -> dict[str, torch.Tens
     return state
 
 
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Text-model weights saved before the backbones were one (`spatial_blocks.i`, `temporal_blocks.i`)
+    -> today's names (`blocks.2i`, `blocks.2i+1`); other state dicts are returned as they are."""
+    if not any(k.startswith(("spatial_blocks.", "temporal_blocks.")) for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        for old, offset in (("spatial_blocks.", 0), ("temporal_blocks.", 1)):
+            if key.startswith(old):
+                index, rest = key[len(old):].split(".", 1)
+                key = f"blocks.{2 * int(index) + offset}.{rest}"
+        out[key] = value
+    return out
+
+
 def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> ModelConfig:
     """Rebuild the official model's config from tensor shapes (heads from the size table)."""
     missing = [k for k in REQUIRED_KEYS if k not in state]

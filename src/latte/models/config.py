@@ -11,6 +11,12 @@ How `depth` maps onto blocks (the paper's Fig. 2 variants):
 
 Variants 1, 2 and 4 have the same parameter count at equal depth; variant 3 has one MLP per
 spatial/temporal pair instead of two, so fewer. `latte info` prints both counts and FLOPs.
+
+Conditioning (paper Sec. 3.3 and Sec. 5): `adaln` (S-AdaLN: every block maps timestep + class to its
+own shift/scale/gate), `tokens` (timestep and class join every attended sequence as extra tokens) or
+`adaln-single` (PixArt-alpha: one timestep MLP shared by all blocks plus a learned table per block,
+with cross-attention to caption tokens in the blocks that attend over space; the text-to-video
+model, `caption_channels` > 0).
 """
 from __future__ import annotations
 
@@ -30,11 +36,20 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
 }
 PATCH_SIZES = (2, 4, 8)
-MODEL_NAMES = tuple(f"Latte-{size}/{patch}" for size in SIZES for patch in PATCH_SIZES)
+MODEL_NAMES = tuple(f"Latte-{size}/{patch}" for size in SIZES for patch in PATCH_SIZES)  # class/unconditional
 
 VARIANTS = (1, 2, 3, 4)
 PATCH_EMBEDS = ("frame", "tubelet")
-CONDITIONINGS = ("adaln", "tokens")
+CONDITIONINGS = ("adaln", "tokens", "adaln-single")
+
+# Text-to-video sizes (conditioning adaln-single, captions of `caption_channels` features): the
+# released Latte-1 (28 spatial + 28 temporal blocks, 512 px = 64x64 latents, T5-XXL captions) and a
+# tiny debug size for tests and CPU demos.
+TEXT_MODELS: dict[str, dict] = {
+    "Latte-1": dict(depth=56, hidden_size=1152, num_heads=16, patch_size=2, input_size=64, caption_channels=4096),
+    "LatteT2V-T": dict(depth=4, hidden_size=64, num_heads=4, patch_size=2, input_size=8, caption_channels=32,
+                       num_frames=4),
+}
 TEMPORAL_POSITIONS = ("absolute", "rope")
 
 
@@ -58,6 +73,9 @@ class ModelConfig:
     num_classes: int = 0  # 0: unconditional
     class_dropout: float = 0.1  # label dropout for classifier-free guidance
     learn_sigma: bool = True
+    caption_channels: int = 0  # text encoder width; > 0 makes a text-to-video model (adaln-single conditioning)
+    attention_bias: bool = True  # bias of the q/k/v projections (diffusers' attention_bias for text models)
+    norm_eps: float = 1e-6  # LayerNorm eps inside the blocks
     grad_checkpointing: bool = False
     name: str = field(default="", compare=False)
 
@@ -83,6 +101,12 @@ class ModelConfig:
             (all(s % self.patch_size == 0 for s in self.latent_hw),
              f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}"),
             (self.hidden_size % 4 == 0, f"hidden_size must be divisible by 4 for 2-D sin-cos, got {self.hidden_size}"),
+            (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
+            (self.caption_channels >= 0, f"caption_channels must be >= 0, got {self.caption_channels}"),
+            ((self.caption_channels > 0) == (self.conditioning == "adaln-single"),
+             "conditioning adaln-single and caption_channels > 0 go together (the text-to-video model), got "
+             f"conditioning {self.conditioning!r} with caption_channels {self.caption_channels}"),
+            (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -105,6 +129,15 @@ class ModelConfig:
     def temporal_stride(self) -> int:
         return self.tubelet_frames if self.patch_embed == "tubelet" else 1
 
+    @property
+    def is_text(self) -> bool:
+        return self.caption_channels > 0
+
+    @property
+    def interpolation_scale(self) -> int:
+        """PixArt-alpha's position scale of text models: positions shrink by latent side // 64."""
+        return max(self.latent_hw[0] // 64, 1)
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["input_size"] = list(self.latent_hw) if not isinstance(self.input_size, int) else self.input_size
@@ -112,6 +145,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if "num_layers" in data:  # a text model config written before the backbones were one (T2VConfig)
+            data = upgrade_text_config(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -119,17 +154,32 @@ class ModelConfig:
         return cls(**data)
 
 
+def upgrade_text_config(data: dict) -> dict:
+    """T2VConfig fields (num_layers block pairs, sample_size, out_channels) -> ModelConfig fields."""
+    data = dict(data)
+    data["depth"] = 2 * data.pop("num_layers")
+    data["input_size"] = data.pop("sample_size", 64)
+    in_channels = data.get("in_channels", 4)
+    data["learn_sigma"] = data.pop("out_channels", 2 * in_channels) == 2 * in_channels
+    data["conditioning"] = "adaln-single"
+    return data
+
+
 def parse_model_name(name: str) -> tuple[str, int]:
     match = re.fullmatch(r"Latte-(T|S|B|L|XL)/(\d+)", name)
     if not match or int(match.group(2)) not in PATCH_SIZES:
-        raise LatteError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise LatteError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES + tuple(TEXT_MODELS))}")
     return match.group(1), int(match.group(2))
 
 
 def model_config(name: str, **options) -> ModelConfig:
-    """Config of a registry model (`Latte-S/2`, ...) with options overriding its fields."""
-    size, patch = parse_model_name(name)
-    depth, hidden, heads = SIZES[size]
-    base = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, name=name)
+    """Config of a registry model (`Latte-XL/2`, ..., text-to-video `Latte-1`, `LatteT2V-T`) with
+    options overriding its fields."""
+    if name in TEXT_MODELS:
+        base = dict(TEXT_MODELS[name], conditioning="adaln-single", name=name)
+    else:
+        size, patch = parse_model_name(name)
+        depth, hidden, heads = SIZES[size]
+        base = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, name=name)
     base.update(options)
     return ModelConfig.from_dict(base)

@@ -10,8 +10,8 @@ parameter of ours to the diffusers parameter(s) it is made of:
 | t_embedder.mlp.0 / .2                  | adaln_single.emb.timestep_embedder.linear_1 / _2     |
 | t_block.1                              | adaln_single.linear                                  |
 | caption_projection.fc1 / fc2           | caption_projection.linear_1 / linear_2               |
-| spatial_blocks.{i}                     | transformer_blocks.{i}                               |
-| temporal_blocks.{i}                    | temporal_transformer_blocks.{i}                      |
+| blocks.{2i} (spatial)                  | transformer_blocks.{i}                               |
+| blocks.{2i+1} (temporal)               | temporal_transformer_blocks.{i}                      |
 |   .attn.qkv                            |   .attn1.to_q, to_k, to_v (concatenated on dim 0)    |
 |   .attn.proj                           |   .attn1.to_out.0                                    |
 |   .cross_attn.q / .kv / .proj          |   .attn2.to_q / to_k + to_v / to_out.0               |
@@ -29,7 +29,8 @@ import torch
 
 from latte.errors import LatteError
 from latte.models.checkpoints import TransferReport, copy_matching
-from latte.models.text import LatteT2V, T2VConfig
+from latte.models.config import ModelConfig
+from latte.models.latte import Latte
 
 LATTE_CLASS = "LatteTransformer3DModel"
 PIXART_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")  # the latter: early PixArt-alpha exports
@@ -46,7 +47,7 @@ TOP_LEVEL = {
     "final_layer.linear.": "proj_out.",
     "final_layer.scale_shift_table": "scale_shift_table",
 }
-BLOCK_LISTS = {"spatial_blocks.": "transformer_blocks.", "temporal_blocks.": "temporal_transformer_blocks."}
+BLOCK_LISTS = ("transformer_blocks.", "temporal_transformer_blocks.")  # our blocks.{2i}, blocks.{2i+1}
 IN_BLOCK: dict[str, tuple[str, ...]] = {
     "attn.qkv.": ("attn1.to_q.", "attn1.to_k.", "attn1.to_v."),
     "attn.proj.": ("attn1.to_out.0.",),
@@ -64,12 +65,12 @@ def diffusers_sources(key: str) -> tuple[str, ...]:
     for ours, theirs in TOP_LEVEL.items():
         if key.startswith(ours):
             return (theirs + key[len(ours):],)
-    for ours_list, theirs_list in BLOCK_LISTS.items():
-        if key.startswith(ours_list):
-            index, rest = key[len(ours_list):].split(".", 1)
-            for ours, parts in IN_BLOCK.items():
-                if rest.startswith(ours):
-                    return tuple(f"{theirs_list}{index}.{part}{rest[len(ours):]}" for part in parts)
+    if key.startswith("blocks."):  # variant 1: spatial and temporal blocks alternate
+        index, rest = key[len("blocks."):].split(".", 1)
+        pair, temporal = divmod(int(index), 2)
+        for ours, parts in IN_BLOCK.items():
+            if rest.startswith(ours):
+                return tuple(f"{BLOCK_LISTS[temporal]}{pair}.{part}{rest[len(ours):]}" for part in parts)
     raise KeyError(f"no diffusers name for parameter {key}")
 
 
@@ -155,8 +156,8 @@ def read_diffusers_weights(folder, variant: str | None = None) -> dict[str, torc
     raise LatteError(f"no weights in {folder}: expected one of {names}")
 
 
-def config_from_diffusers(config: dict) -> T2VConfig:
-    """T2VConfig of a diffusers `LatteTransformer3DModel` config (unsupported options are errors)."""
+def config_from_diffusers(config: dict) -> ModelConfig:
+    """ModelConfig of a diffusers `LatteTransformer3DModel` config (unsupported options are errors)."""
     name = config.get("_class_name")
     if name in PIXART_CLASSES:
         raise LatteError(f"this is a PixArt-alpha transformer ({name}), not Latte: use it with init_from_pixart")
@@ -174,45 +175,55 @@ def config_from_diffusers(config: dict) -> T2VConfig:
         (cross == heads * head_dim, f"cross_attention_dim {cross} (need the hidden size {heads * head_dim})"),
         (not config.get("dropout", 0.0), f"dropout {config.get('dropout')} (need 0)"),
         (in_channels is not None and config.get("caption_channels") is not None, "no in_channels or caption_channels"),
+        (config.get("out_channels") in (None, in_channels, 2 * (in_channels or 0)),
+         f"out_channels {config.get('out_channels')} (need in_channels or twice it)"),
     ]
     unsupported = [why for ok, why in required if not ok]
     if unsupported:
         raise LatteError(f"unsupported {LATTE_CLASS} config: {'; '.join(unsupported)}")
     out_channels = config.get("out_channels") or in_channels
-    return T2VConfig(
-        hidden_size=heads * head_dim, num_layers=config.get("num_layers", 1), num_heads=heads,
-        patch_size=config["patch_size"], in_channels=in_channels, out_channels=out_channels,
-        sample_size=config.get("sample_size", 64), caption_channels=config["caption_channels"],
-        num_frames=config.get("video_length", 16), norm_eps=config.get("norm_eps", 1e-5),
+    return ModelConfig(
+        hidden_size=heads * head_dim, depth=2 * config.get("num_layers", 1), num_heads=heads,
+        patch_size=config["patch_size"], in_channels=in_channels, learn_sigma=out_channels == 2 * in_channels,
+        input_size=config.get("sample_size", 64), caption_channels=config["caption_channels"],
+        conditioning="adaln-single", num_frames=config.get("video_length", 16), norm_eps=config.get("norm_eps", 1e-5),
         attention_bias=bool(config.get("attention_bias", False)), name=f"diffusers {LATTE_CLASS}",
     )
 
 
-def config_to_diffusers(config: T2VConfig) -> dict:
+def config_to_diffusers(config: ModelConfig) -> dict:
     """The `config.json` of the equivalent diffusers `LatteTransformer3DModel`."""
-    if config.temporal_pos != "absolute":
-        raise LatteError(f"diffusers' {LATTE_CLASS} has absolute temporal positions only; "
-                         f"this model uses {config.temporal_pos!r}")
+    layout = [
+        (config.is_text, "a text-to-video model (adaln-single conditioning)"),
+        (config.temporal_pos == "absolute", "absolute temporal positions"),
+        (config.variant == 1 and config.patch_embed == "frame", "variant 1 with frame patches"),
+        (config.mlp_ratio == 4.0, "mlp_ratio 4"),
+        (config.latent_hw[0] == config.latent_hw[1], "square latents"),
+    ]
+    missing = [what for ok, what in layout if not ok]
+    if missing:
+        raise LatteError(f"diffusers' {LATTE_CLASS} needs {', '.join(missing)}; this model ({config.name or 'latte'}) "
+                         "has another design")
     import diffusers
 
     return {
         "_class_name": LATTE_CLASS, "_diffusers_version": diffusers.__version__,
         "num_attention_heads": config.num_heads, "attention_head_dim": config.head_dim,
-        "in_channels": config.in_channels, "out_channels": config.out_channels, "num_layers": config.num_layers,
+        "in_channels": config.in_channels, "out_channels": config.out_channels, "num_layers": config.depth // 2,
         "dropout": 0.0, "cross_attention_dim": config.hidden_size, "attention_bias": config.attention_bias,
-        "sample_size": config.sample_size, "patch_size": config.patch_size, "activation_fn": "gelu-approximate",
+        "sample_size": config.latent_hw[0], "patch_size": config.patch_size, "activation_fn": "gelu-approximate",
         "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single", "norm_elementwise_affine": False,
         "norm_eps": config.norm_eps, "caption_channels": config.caption_channels, "video_length": config.num_frames,
     }
 
 
-def load_diffusers_transformer(folder, variant: str | None = None, dtype: torch.dtype | None = None) -> LatteT2V:
-    """Our LatteT2V with the weights of a diffusers `LatteTransformer3DModel` folder (e.g. the
+def load_diffusers_transformer(folder, variant: str | None = None, dtype: torch.dtype | None = None) -> Latte:
+    """Our text-to-video Latte with the weights of a diffusers `LatteTransformer3DModel` folder (e.g. the
     `transformer/` of maxin-cn/Latte-1, or that pipeline folder itself); loaded strictly, in eval mode."""
     config = config_from_diffusers(read_diffusers_config(folder))
     state = read_diffusers_weights(folder, variant)
     with torch.device("meta"):
-        model = LatteT2V(config)
+        model = Latte(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     ours, unused = from_diffusers_state_dict(state, expected)
     missing = sorted(set(expected) - set(ours))
@@ -224,10 +235,11 @@ def load_diffusers_transformer(folder, variant: str | None = None, dtype: torch.
     if dtype is not None:
         ours = {k: v.to(dtype) for k, v in ours.items()}
     model.load_state_dict(ours, strict=True, assign=True)  # meta parameters become the loaded tensors
+    model.reset_position_tables()  # buffers diffusers does not store, made on the meta device above
     return model.eval()
 
 
-def export_diffusers_transformer(model: LatteT2V, folder) -> Path:
+def export_diffusers_transformer(model: Latte, folder) -> Path:
     """Write `config.json` + `diffusion_pytorch_model.safetensors` so that
     `diffusers.LatteTransformer3DModel.from_pretrained(folder)` (and so `LattePipeline`) loads the model.
     Each file is written atomically, weights first: a folder with a config is complete."""
@@ -247,7 +259,7 @@ def export_diffusers_transformer(model: LatteT2V, folder) -> Path:
     return folder
 
 
-def init_from_pixart(model: LatteT2V, folder, variant: str | None = None) -> TransferReport:
+def init_from_pixart(model: Latte, folder, variant: str | None = None) -> TransferReport:
     """Initialise from a diffusers PixArt-alpha transformer (the paper's T2V initialisation): spatial
     blocks, patch embedding, adaLN-single and caption projection by name, the final layer where shapes
     match; temporal blocks stay as they are. Report names are ours."""
@@ -260,10 +272,13 @@ def init_from_pixart(model: LatteT2V, folder, variant: str | None = None) -> Tra
         raise LatteError(f"not a diffusers PixArt-alpha transformer folder (config _class_name is {name!r}, "
                          f"norm_type {config.get('norm_type')!r})")
     state = read_diffusers_weights(folder, variant)
-    spatial = [k for k in model.state_dict() if not k.startswith("temporal_blocks.")]
+    if not model.config.is_text or model.config.variant != 1:
+        raise LatteError("PixArt-alpha initialises a variant-1 text-to-video model (adaln-single conditioning)")
+    temporal = tuple(f"blocks.{i}." for i, b in enumerate(model.blocks) if b.kind == "temporal")
+    spatial = [k for k in model.state_dict() if not k.startswith(temporal)]
     ours, unused = from_diffusers_state_dict(state, spatial)
     report = copy_matching(model, ours)
     report.unused = unused
-    if not any(k.startswith("spatial_blocks.") for k in report.copied):
+    if not any(k.startswith("blocks.") for k in report.copied):
         raise LatteError(f"PixArt-alpha weights share no block weights with this model ({report.summary()})")
     return report

@@ -75,5 +75,10 @@ def load_checkpoint(path) -> dict:
         raise LatteError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     if not isinstance(state, dict) or "model_config" not in state or "config" not in state:
         raise LatteError(f"{path} is not a latte training checkpoint (for official weights use `latte convert`)")
+    from latte.models import upgrade_state_dict
+
+    for key in ("model", "ema"):  # text runs saved before the backbones were one
+        if isinstance(state.get(key), dict):
+            state[key] = upgrade_state_dict(state[key])
     state["path"] = str(path)
     return state

@@ -21,7 +21,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 @dataclass
 class ModelSection:
-    name: str = "Latte-T/2"  # registry size/patch (text models: LatteT2V-T, Latte-1); the fields below override it
+    name: str = "Latte-T/2"  # registry size/patch (text-to-video: LatteT2V-T, Latte-1); the fields below override it
     variant: int = 1
     patch_embed: str = "frame"
     tubelet_frames: int = 2
@@ -37,7 +37,7 @@ class ModelSection:
     learn_sigma: bool = True
     grad_checkpointing: bool = False
     init_from_dit: str | None = None  # path of an ImageNet DiT state dict to initialise from
-    # Text-to-video (LatteT2V): set text_encoder to train on the dataset's captions.
+    # Text-to-video (adaln-single conditioning, caption cross-attention): set text_encoder to train on the dataset's captions.
     text_encoder: str | None = None  # minilm (offline all-MiniLM-L6-v2) | Hugging Face folder or hub id (T5 ...)
     text_max_length: int | None = None  # caption tokens; None: 120 for T5, 32 for other encoders
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
@@ -247,14 +247,13 @@ def config_from_dict(data: dict) -> Config:
 
 
 # Model keys that only one kind of model reads: a changed value for the other kind is an error, not ignored.
-CLASS_MODEL_KEYS = ("variant", "patch_embed", "tubelet_frames", "conditioning", "mlp_ratio", "class_conditional",
-                    "class_dropout", "init_from_dit")
+CLASS_MODEL_KEYS = ("conditioning", "class_conditional", "class_dropout", "init_from_dit")
 TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout", "init_from_pixart")
 
 
 def validate_model(m: ModelSection) -> None:
-    """Class/unconditional Latte or text-to-video LatteT2V (model.text_encoder set): names and keys agree."""
-    from latte.models.text import T2V_MODELS
+    """Class/unconditional or text-to-video model (model.text_encoder set): names and keys agree."""
+    from latte.models.config import TEXT_MODELS as T2V_MODELS
     from latte.text_encoder import resolve_text_encoder
 
     text = m.text_encoder is not None
@@ -268,7 +267,7 @@ def validate_model(m: ModelSection) -> None:
         if getattr(m, key) != getattr(defaults, key):
             kind = "text-to-video" if not text else "class/unconditional"
             raise LatteError(f"model.{key} applies to {kind} models only; this run's model is "
-                             f"{'LatteT2V' if text else 'Latte'}")
+                             f"{'text-to-video' if text else 'class/unconditional'}")
     if text:
         m.text_encoder = resolve_text_encoder(m.text_encoder)
         if m.depth is not None and m.depth % 2:

@@ -20,9 +20,7 @@ from tqdm import tqdm
 
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
-from latte.models import (Latte, LatteT2V, ModelConfig, T2VConfig, build_model, init_from_dit, init_from_pixart,
-                          model_config)
-from latte.models.text import build_t2v_model, t2v_config
+from latte.models import ModelConfig, build_model, init_from_dit, init_from_pixart, model_config
 from latte.train import distributed
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
@@ -59,33 +57,23 @@ def dataset_num_classes(dataset) -> int:
     return int(getattr(dataset, "num_classes", 0) or 0)
 
 
-def make_model_config(config: Config, sample: torch.Tensor, num_classes: int) -> ModelConfig:
-    """Model config for clips shaped like `sample` (C, F, H, W) (latents when a VAE is used)."""
+def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, caption_channels: int = 0) -> ModelConfig:
+    """Model config for clips shaped like `sample` (C, F, H, W) (latents when a VAE is used): a class /
+    unconditional model, or a text-to-video one reading `caption_channels`-wide caption features."""
     m = config.model
     options = dict(variant=m.variant, patch_embed=m.patch_embed, tubelet_frames=m.tubelet_frames,
-                   conditioning=m.conditioning, temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio,
-                   class_dropout=m.class_dropout, learn_sigma=m.learn_sigma, grad_checkpointing=m.grad_checkpointing,
-                   in_channels=sample.shape[0], num_frames=sample.shape[1], input_size=tuple(sample.shape[2:]),
-                   num_classes=num_classes if m.class_conditional else 0)
+                   temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio, learn_sigma=m.learn_sigma,
+                   grad_checkpointing=m.grad_checkpointing, in_channels=sample.shape[0], num_frames=sample.shape[1],
+                   input_size=tuple(sample.shape[2:]))
+    if caption_channels:  # the text conditioner (adaln-single with cross-attention) comes with the name
+        options["caption_channels"] = caption_channels
+    else:
+        options.update(conditioning=m.conditioning, class_dropout=m.class_dropout,
+                       num_classes=num_classes if m.class_conditional else 0)
     for key in ("hidden_size", "depth", "num_heads", "patch_size"):
         if getattr(m, key) is not None:
             options[key] = getattr(m, key)
     return model_config(m.name, **options)
-
-
-def make_t2v_config(config: Config, sample: torch.Tensor, caption_channels: int) -> T2VConfig:
-    """Text-to-video model config for clips shaped like `sample` (C, F, H, W); model.depth counts spatial
-    plus temporal blocks, as for the class models, so it is twice T2VConfig.num_layers."""
-    m = config.model
-    channels, frames, height, width = sample.shape
-    if height != width:
-        raise LatteError(f"the text-to-video model takes square frames, got {height}x{width} (latents)")
-    options = dict(in_channels=channels, out_channels=2 * channels if m.learn_sigma else channels,
-                   sample_size=height, caption_channels=caption_channels, num_frames=frames,
-                   temporal_pos=m.temporal_pos, grad_checkpointing=m.grad_checkpointing)
-    sizes = {"hidden_size": m.hidden_size, "num_layers": None if m.depth is None else m.depth // 2,
-             "num_heads": m.num_heads, "patch_size": m.patch_size}
-    return t2v_config(m.name, **options, **{k: v for k, v in sizes.items() if v is not None})
 
 
 def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
@@ -148,12 +136,11 @@ class Trainer:
             self.text_encoder = TextEncoder(config.model.text_encoder, config.model.text_max_length, self.device)
             self.empty_text = self._cached_text_check(first)
             self.num_classes = 0
-            self.model_config = make_t2v_config(config, probe, self.text_encoder.width)
-            self.model: Latte | LatteT2V = build_t2v_model(self.model_config).to(self.device)
         else:
             self.num_classes = dataset_num_classes(self.dataset)
-            self.model_config = make_model_config(config, probe, self.num_classes)
-            self.model = build_model(self.model_config).to(self.device)
+        width = self.text_encoder.width if self.text_encoder else 0
+        self.model_config = make_model_config(config, probe, self.num_classes, width)
+        self.model = build_model(self.model_config).to(self.device)
         if config.model.init_from_dit:
             report = init_from_dit(self.model, config.model.init_from_dit)
             self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
