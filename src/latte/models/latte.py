@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from latte.errors import LatteError
 from latte.models.config import ModelConfig
@@ -373,10 +372,7 @@ class Latte(nn.Module):
             if i == self.temporal_start and c.temporal_pos == "absolute":
                 temp = self.temporal_table(video_tokens)[:, :, None]  # (1, Fv', 1, D)
                 tokens = with_images(tokens[:, :video_tokens] + temp, tokens, video_tokens)
-            if c.grad_checkpointing and self.training:
-                tokens = checkpoint(block, tokens, ctx, use_reentrant=False)
-            else:
-                tokens = block(tokens, ctx)
+            tokens = block(tokens, ctx)  # activation checkpointing: applied from outside (train/parallelize.py)
         out = self.final_layer(to_spatial(tokens), ctx.spatial() if self.adaln else None)  # (B*F', N, s*p*p*Co)
         out = out.reshape(batch, -1, h, w, stride, p, p, c.out_channels)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, Co, F', s, h, p, w, p)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from latte.errors import LatteError
 from latte.models.config import TEMPORAL_POSITIONS
@@ -385,9 +384,7 @@ class LatteT2V(nn.Module):
         return out.reshape(batch, c.out_channels, frames, height, width)
 
     def _run(self, block: T2VBlock, tokens: torch.Tensor, t0: torch.Tensor, ctx: TextContext) -> torch.Tensor:
-        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, t0, ctx, use_reentrant=False)
-        return block(tokens, t0, ctx)
+        return block(tokens, t0, ctx)  # activation checkpointing: applied from outside (train/parallelize.py)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
