@@ -70,6 +70,16 @@ class GaussianDiffusion:
             torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * prev.sqrt() / (1.0 - alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod)
+        # per-step lookups index these directly (no table-wide op per step)
+        self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+        self.log_betas = torch.log(betas)
+
+    def to(self, device) -> "GaussianDiffusion":
+        """Move every table to `device` once (in place), so no step copies them."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
 
     @staticmethod
     def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -82,13 +92,14 @@ class GaussianDiffusion:
         """One timestep per clip, t = T * u**power for uniform u: 1 is uniform; below 1, high-noise steps
         (where a sample's layout is set) come more often."""
         T = self.num_timesteps
+        where = generator.device if generator is not None else device  # drawn where the generator lives
         if power == 1.0:
-            return torch.randint(0, T, (batch,), generator=generator).to(device)
-        return (torch.rand(batch, generator=generator) ** power * T).long().clamp(max=T - 1).to(device)
+            return torch.randint(0, T, (batch,), generator=generator, device=where).to(device)
+        return (torch.rand(batch, generator=generator, device=where) ** power * T).long().clamp(max=T - 1).to(device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
-        return self._at(self.alphas_cumprod.sqrt(), t, x0) * x0 + self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * noise
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the model learns: eps, x0, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)."""
@@ -96,10 +107,10 @@ class GaussianDiffusion:
             return noise
         if self.prediction == "x0":
             return x0
-        return self._at(self.alphas_cumprod.sqrt(), t, x0) * noise - self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * x0
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        a, s = self._at(self.alphas_cumprod.sqrt(), t, x_t), self._at((1 - self.alphas_cumprod).sqrt(), t, x_t)
+        a, s = self._at(self.sqrt_alphas_cumprod, t, x_t), self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         if self.prediction == "epsilon":
             return (x_t - s * prediction) / a
         if self.prediction == "x0":
@@ -126,7 +137,7 @@ class GaussianDiffusion:
     def model_log_variance(self, var_values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Learned range: log var = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (IDDPM Eq. 15)."""
         frac = (var_values + 1) / 2
-        max_log = self._at(torch.log(self.betas), t, var_values)
+        max_log = self._at(self.log_betas, t, var_values)
         min_log = self._at(self.posterior_log_variance_clipped, t, var_values)
         return frac * max_log + (1 - frac) * min_log
 

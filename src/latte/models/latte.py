@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from latte.errors import LatteError
 from latte.models.blocks import Context, LatteBlock, block_kinds, layer_norm, to_spatial, with_images
@@ -285,10 +284,7 @@ class Latte(nn.Module):
             if i == self.temporal_start and add_temporal:
                 temp = self.temporal_table(video_tokens).to(x.dtype)[:, :, None]  # (1, Fv', 1, D)
                 tokens = with_images(tokens[:, :video_tokens] + temp, tokens, video_tokens)
-            if c.grad_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, ctx, use_reentrant=False)
-            else:
-                tokens = block(tokens, ctx)
+            tokens = block(tokens, ctx)  # activation checkpointing: applied from outside (train/parallelize.py)
         out = self.final_layer(tokens, ctx)  # (B, F', N, s*p*p*Co)
         out = out.reshape(batch, -1, h, w, stride, p, p, c.out_channels)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, Co, F', s, h, p, w, p)

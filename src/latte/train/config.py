@@ -103,7 +103,10 @@ class TrainSection:
     ema_warmup: bool = False  # decay min(ema_decay, (1+step)/(10+step)): short runs forget the init sooner
     seed: int = 0
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
+    compile: bool = False  # regional torch.compile: each transformer block compiled on its own
+    parallel: str = "ddp"  # under torchrun: ddp (replicated) | fsdp (FSDP2 fully_shard per block and at the root)
+    fsdp_cpu_offload: bool = False  # fsdp: sharded parameters, gradients and optimizer state live in CPU memory
+    peak_tflops: float | None = None  # accelerator peak for MFU; None: known GPUs (A100/H100/H200 bf16), else no MFU
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -290,6 +293,7 @@ def validate(config: Config) -> None:
         ("diffusion", "loss_weighting"): ("none", "min-snr"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
         ("train", "device"): ("auto", "cpu", "cuda"),
+        ("train", "parallel"): ("ddp", "fsdp"),
         ("sample", "sampler"): ("ddpm", "ddim", "dpm-solver"),
     }
     for (section, key), valid in choices.items():
@@ -303,6 +307,10 @@ def validate(config: Config) -> None:
             raise LatteError(f"{section}.{key} must be >= 1, got {getattr(getattr(config, section), key)}")
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise LatteError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if config.train.peak_tflops is not None and config.train.peak_tflops <= 0:
+        raise LatteError(f"train.peak_tflops must be > 0 (or none), got {config.train.peak_tflops}")
+    if config.train.fsdp_cpu_offload and config.train.parallel != "fsdp":
+        raise LatteError("train.fsdp_cpu_offload needs train.parallel=fsdp")
     if config.optim.lr <= 0:
         raise LatteError(f"optim.lr must be > 0, got {config.optim.lr}")
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:

@@ -54,12 +54,13 @@ def train(config: Config, write_samples_at_end: bool = True, log=print) -> Train
     interim = (lambda tr: log(f"samples at step {tr.step}: {write_samples(tr, f'step_{tr.step:07d}')[0]}"))
     try:
         checkpoint = trainer.fit(on_sample=interim)
-        if trainer.dist.main:
-            if checkpoint:
-                log(f"checkpoint: {checkpoint}")
-            if write_samples_at_end:
-                paths = write_samples(trainer, "final", formats=(".png", ".mp4"))
-                log(f"samples: {paths[0]} (filmstrip) and {len(paths) - 1} mp4 file(s) in {paths[0].parent}")
+        if checkpoint:
+            log(f"checkpoint: {checkpoint}")
+        if write_samples_at_end:
+            with trainer.gathered_ema():  # FSDP: every rank joins the gather of the EMA weights
+                if trainer.dist.main:
+                    paths = write_samples(trainer, "final", formats=(".png", ".mp4"))
+                    log(f"samples: {paths[0]} (filmstrip) and {len(paths) - 1} mp4 file(s) in {paths[0].parent}")
     finally:
         distributed.teardown(trainer.dist)
     sys.stdout.flush()

@@ -7,6 +7,7 @@ with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
@@ -15,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.models import ModelConfig, build_model, init_from_dit, init_from_pixart, model_config
-from latte.train import distributed
+from latte.train import distributed, mfu, parallelize
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
 
@@ -118,7 +118,8 @@ class Trainer:
         torch.manual_seed(t.seed + self.dist.rank)
         np.random.seed(t.seed + self.dist.rank)
         random.seed(t.seed + self.dist.rank)
-        self.noise = torch.Generator().manual_seed(t.seed + 1)  # the same stream on every rank
+        # timesteps, noise and dropout masks: one stream on the device, the same on every rank
+        self.noise = torch.Generator(self.device).manual_seed(t.seed + 1)
 
         self.dataset, self.vae, self.encode_batches = build_training_data(config)
         self.vae_spec = self.vae.spec if self.vae is not None else "none"
@@ -148,18 +149,18 @@ class Trainer:
             report = init_from_pixart(self.model, config.model.init_from_pixart)
             self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = make_diffusion(config, self.model_config.learn_sigma)
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           weight_decay=o.weight_decay)
-        self.step = 0
-        self._resume()
-        net = self.model
-        if t.compile:
-            net = torch.compile(net)
-        self.net = DistributedDataParallel(net) if self.dist.enabled else net
+        self.diffusion = make_diffusion(config, self.model_config.learn_sigma).to(self.device)
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
+        self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
+                                           grad_checkpointing=config.model.grad_checkpointing, bf16=mp == "bf16")
+        self.sharded = parallelize.is_sharded(self.model)  # FSDP: state dicts are gathered by every rank
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                           weight_decay=o.weight_decay, fused=self.device.type == "cuda")
+        self.first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every loss finite so far
+        self.step = 0
+        self._resume()
 
     def _cached_text_check(self, first: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
         """With caption embeddings in the latent cache: the empty prompt's cached embedding, once the cache's
@@ -215,7 +216,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": parallelize.model_state(self.model), "ema": parallelize.model_state(self.ema),
+                "optimizer": parallelize.optimizer_state(self.model, self.optimizer),
                 "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
                 "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
                 "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
@@ -229,19 +231,37 @@ class Trainer:
         if diffs:
             raise LatteError(f"{self.output} holds a run of another config ({'; '.join(diffs[:3])}); "
                              "use another --output-dir or the same settings")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        parallelize.load_model_state(self.model, state["model"])
+        parallelize.load_model_state(self.ema, state["ema"])
+        parallelize.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step = int(state["step"])
         set_rng_state(state["rng"], self.noise)
         if self.dist.rank:  # the file holds rank 0's torch stream: give other ranks their own again
             torch.manual_seed(self.config.train.seed + self.dist.rank + self.dist.world * self.step)
         self.log(f"resumed from {state['path']} at step {self.step}")
 
+    @contextlib.contextmanager
+    def gathered_ema(self):
+        """Under FSDP every rank must enter: inside, rank 0's `self.ema` is a plain model holding the full
+        EMA weights (for sampling); without sharding `self.ema` already is one."""
+        if not self.sharded:
+            yield
+            return
+        state, sharded = parallelize.model_state(self.ema), self.ema
+        if self.dist.main:
+            self.ema = build_model(self.model_config).requires_grad_(False).eval()
+            self.ema.load_state_dict(state)
+            self.ema.to(self.device)
+        try:
+            yield
+        finally:
+            self.ema = sharded
+
     def save(self) -> Path | None:
+        state = self._state() if self.dist.main or self.sharded else None  # FSDP: every rank joins the gathers
         if not self.dist.main:
             return None
-        return save_checkpoint(self._state(), self.output, self.config.train.keep_checkpoints)
+        return save_checkpoint(state, self.output, self.config.train.keep_checkpoints)
 
     # -- one optimizer step -----------------------------------------------------------------------
     def _draw(self, x_shape: torch.Size, condition_shape) -> tuple:
@@ -249,12 +269,12 @@ class Trainer:
         G = self.config.train.batch_size
         d = self.config.diffusion
         power = d.timestep_power if not d.timestep_power_until or self.step < d.timestep_power_until else 1.0
-        t = self.diffusion.sample_timesteps(G, self.noise, power=power)
-        noise = torch.randn((G, *x_shape[1:]), generator=self.noise)
+        t = self.diffusion.sample_timesteps(G, self.noise, device=self.device, power=power)
+        noise = torch.randn((G, *x_shape[1:]), generator=self.noise, device=self.device)
         drop = None
         if condition_shape is not None:
             p = self.config.model.caption_dropout if self.text_encoder else self.model_config.class_dropout
-            drop = torch.rand((G, *condition_shape[1:]), generator=self.noise) < p
+            drop = torch.rand((G, *condition_shape[1:]), generator=self.noise, device=self.device) < p
         return t, noise, drop
 
     def _condition_shape(self, batch: dict, labels: torch.Tensor | None) -> tuple | None:
@@ -276,11 +296,11 @@ class Trainer:
         if "text" in batch:  # embeddings from the latent cache; dropped captions take the empty prompt's
             empty_hidden, empty_mask = self.empty_text
             keep = ~drop[..., None]  # (B, G, 1)
-            hidden = torch.where(keep[..., None], batch["text"], empty_hidden)  # (B, G, L, width)
-            mask = torch.where(keep, batch["text_mask"], empty_mask)  # (B, G, L)
+            hidden = torch.where(keep[..., None], batch["text"].to(self.device), empty_hidden.to(self.device))
+            mask = torch.where(keep, batch["text_mask"].to(self.device), empty_mask.to(self.device))  # (B, G, L)
         else:
             groups = batch["captions"]
-            flat = drop_captions([c for group in groups for c in group], drop.flatten())
+            flat = drop_captions([c for group in groups for c in group], drop.flatten().cpu())
             hidden, mask = self.text_encoder(flat)  # (B*G, L, width), (B*G, L)
             hidden, mask = hidden.unflatten(0, drop.shape), mask.unflatten(0, drop.shape)
         return {"encoder_hidden_states": hidden.to(self.device), "encoder_attention_mask": mask.to(self.device),
@@ -306,15 +326,11 @@ class Trainer:
             if a == 0:  # one draw per step for the global batch; each micro-step takes its rows
                 all_t, all_noise, all_drop = self._draw(x.shape, self._condition_shape(batch, y))
             rows = distributed.rows(a, self.micro, self.dist)
-            t, noise = all_t[rows].to(self.device), all_noise[rows].to(self.device)
+            t, noise = all_t[rows], all_noise[rows]
             kwargs = self._model_kwargs(batch, y, num_images, None if all_drop is None else all_drop[rows])
-            sync = a == t_cfg.grad_accum - 1 or not self.dist.enabled
-            context = self.net.no_sync() if not sync else torch.enable_grad()
-            with context, self.autocast:
+            with parallelize.grad_sync(self.net, a == t_cfg.grad_accum - 1), self.autocast:
                 losses = self.diffusion.training_losses(self.net, x, t, model_kwargs=kwargs, noise=noise)
                 loss = losses["loss"].mean() / t_cfg.grad_accum
-            if not torch.isfinite(loss):
-                raise FloatingPointError
             loss.backward()
             total += loss.detach()
         clip = o.grad_clip if (o.grad_clip > 0 and self.step >= o.clip_from_step) else float("inf")
@@ -323,15 +339,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
-        return distributed.all_mean(total, self.dist), grad_norm
+        loss = distributed.all_mean(total, self.dist)
+        # no host sync here: the first step with a non-finite loss stays on the device until check_finite
+        self.first_nonfinite = torch.where((self.first_nonfinite == 0) & ~torch.isfinite(loss),
+                                           self.step, self.first_nonfinite)
+        return loss, parallelize.full_value(grad_norm)
+
+    def check_finite(self) -> None:
+        """A host sync: LatteError naming the first non-finite step and the last good checkpoint, if any."""
+        bad = int(self.first_nonfinite)
+        if bad:
+            good = list_checkpoints(self.output)
+            where = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
+            raise LatteError(f"loss became non-finite at step {bad}; stopped ({where})")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.config.train.ema_decay
         if self.config.train.ema_warmup:  # the first steps' weights (near the zero init) fade out quickly
             decay = min(decay, (1 + self.step) / (10 + self.step))
-        for ema, param in zip(self.ema.parameters(), self.model.parameters()):
-            ema.lerp_(param.detach(), 1.0 - decay)
+        # one fused kernel over all tensors (this rank's shards under FSDP)
+        torch._foreach_lerp_(parallelize.local(self.ema.parameters()), parallelize.local(self.model.parameters()),
+                             1.0 - decay)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, on_sample=None) -> Path | None:
@@ -343,42 +372,49 @@ class Trainer:
         metrics = open(self.output / "metrics.jsonl", "a") if self.dist.main else None
         writer = self._tensorboard()
         tokens_per_clip = self._tokens_per_clip()
+        peak = mfu.peak_flops(self.device, t_cfg.peak_tflops)
+        flops_per_clip = mfu.train_flops_per_clip(self) if peak else 0
         bar = tqdm(total=t_cfg.max_steps, initial=self.step, disable=not self.dist.main, unit="step",
                    dynamic_ncols=True, desc="train")
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         last_saved = None
         try:
             while self.step < t_cfg.max_steps:
-                try:
-                    loss, grad_norm = self.train_step(loader)
-                except FloatingPointError:
-                    good = list_checkpoints(self.output)
-                    where = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
-                    raise LatteError(f"loss became non-finite at step {self.step + 1}; stopped ({where})")
-                window_loss += loss.item()
+                loss, grad_norm = self.train_step(loader)
+                window_loss = window_loss + loss  # on the device: read on log steps only
                 window_steps += 1
-                if self.step % t_cfg.log_every == 0 or self.step == t_cfg.max_steps:
+                log_now = self.step % t_cfg.log_every == 0 or self.step == t_cfg.max_steps
+                save_now = self.step % t_cfg.checkpoint_every == 0 or self.step == t_cfg.max_steps
+                if log_now or save_now:
+                    self.check_finite()
+                if log_now:
                     elapsed = time.perf_counter() - window_start
                     clips = window_steps * t_cfg.batch_size / elapsed
-                    record = {"step": self.step, "loss": window_loss / window_steps, "grad_norm": float(grad_norm),
+                    record = {"step": self.step, "loss": float(window_loss) / window_steps, "grad_norm": float(grad_norm),
                               "lr": self.optimizer.param_groups[0]["lr"], "clips_per_s": clips,
                               "tokens_per_s": clips * tokens_per_clip, "time": time.time()}
+                    if peak:
+                        record["mfu"] = mfu.utilisation(flops_per_clip, clips, peak)
                     if self.device.type == "cuda":
                         record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     if metrics:
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
                     if writer:
-                        for key in ("loss", "grad_norm", "lr", "clips_per_s", "tokens_per_s"):
-                            writer.add_scalar(f"train/{key}", record[key], self.step)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips:.1f}")
+                        for key in ("loss", "grad_norm", "lr", "clips_per_s", "tokens_per_s", "mfu"):
+                            if key in record:
+                                writer.add_scalar(f"train/{key}", record[key], self.step)
+                    shown = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips:.1f}",
+                                    tokens_s=f"{record['tokens_per_s']:.0f}", **shown)
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
                 bar.update(1)
-                if self.step % t_cfg.checkpoint_every == 0 or self.step == t_cfg.max_steps:
+                if save_now:
                     last_saved = self.save() or last_saved
                 if on_sample and t_cfg.sample_every and self.step % t_cfg.sample_every == 0 and self.step < t_cfg.max_steps:
-                    if self.dist.main:
-                        on_sample(self)
+                    with self.gathered_ema():  # FSDP: every rank joins the gather; rank 0 samples
+                        if self.dist.main:
+                            on_sample(self)
         finally:
             bar.close()
             if metrics:
