@@ -149,9 +149,10 @@ class FolderLock:
 
     def __init__(self, folder, command: str):
         self.folder, self.command = Path(folder), command
-        self.handle = None
+        self.handle, self.created = None, False
 
     def acquire(self) -> "FolderLock":
+        self.created = not self.folder.exists()
         make_folder(self.folder, "output folder")
         path = self.folder / LOCK_NAME
         handle = open(path, "a+")
@@ -173,10 +174,15 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        """Unlock; a folder this lock created and nothing else was written into is removed again."""
+        if self.handle is None:
+            return
+        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            (self.folder / LOCK_NAME).unlink(missing_ok=True)
+            self.folder.rmdir()
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        self.handle = None
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()

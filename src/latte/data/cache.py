@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from latte.data.datasets import keyed_generator, other_clip, randint
 from latte.errors import LatteError
-from latte.files import atomic_path, atomic_write_text, remove_stale_temps
+from latte.files import LOCK_NAME, FolderLock, atomic_path, atomic_write_text, remove_stale_temps
 
 MANIFEST = "manifest.json"
 EMPTY_TEXT = "empty-text.safetensors"
@@ -144,9 +144,15 @@ def _plan(settings: CacheSettings) -> tuple:
 def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int = 8, device: str = "auto",
                    workers: int = 0, chunk_size: int = 32, log=print) -> Path:
     """Encode `settings.dataset` with `settings.vae` into the cache folder `output`; resumes a partial cache."""
+    output = Path(output)
+    with FolderLock(output, "encode"):  # one writer per cache folder
+        return _encode(output, settings, batch_size, device, workers, chunk_size, log)
+
+
+def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str, workers: int, chunk_size: int,
+            log) -> Path:
     from latte.vae import load_vae
 
-    output = Path(output)
     dataset, entries, header = _plan(settings)
     num_shards = header["num_shards"]
     previous = read_manifest(output) if (output / MANIFEST).is_file() else None
@@ -155,7 +161,7 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
         if previous.get("complete") and all(shard_path(output, k).is_file() for k in range(num_shards)):
             log(f"{output}: cache already complete ({len(entries)} clips in {num_shards} shards)")
             return output
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
+    elif output.exists() and (not output.is_dir() or any(p.name != LOCK_NAME for p in output.iterdir())):
         raise LatteError(f"{output} exists and is not a latent cache: give an empty or new folder")
     remove_stale_temps(output)  # half-written files of an interrupted run
     todo = [k for k in range(num_shards) if not shard_path(output, k).is_file()]

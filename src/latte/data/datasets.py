@@ -105,6 +105,8 @@ class ClipDataset(Dataset):
         self.root = Path(root).expanduser()
         if not self.root.exists():
             raise LatteError(f"{self.name} root {self.root} does not exist")
+        if self.root.is_file() and self.name != "captions":
+            raise LatteError(f"{self.name} root {self.root} is a file: give the dataset's folder")
         self.options = options
         self.size = options.resolution
         self.flip = self.default_flip if options.flip is None else bool(options.flip)
