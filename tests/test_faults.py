@@ -235,6 +235,7 @@ CONFIG_CASES = [
     (dry("data.resolution=18"), "input_size 18 is not divisible by patch_size 4"),
     (dry("sample.cfg_scale=inf"), "sample.cfg_scale must be in [0, inf)"),
     (dry("diffusion.beta_start=0.5", "diffusion.beta_end=0.1"), "beta_start 0.5 must be <="),
+    (dry("train.batch_size=4", "train.grad_accum=3"), "must be divisible by train.grad_accum 3"),
 ]
 
 

@@ -299,6 +299,9 @@ def validate(config: Config) -> None:
             raise LatteError(f"{section}.{key} must be one of {', '.join(valid)}, got {value!r}")
     for (section, key), (low, high, low_open, high_open) in RANGES.items():
         check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
+    if config.train.batch_size % config.train.grad_accum:
+        raise LatteError(f"train.batch_size {config.train.batch_size} must be divisible by train.grad_accum "
+                         f"{config.train.grad_accum}")
     if config.data.mnist_min_speed > config.data.mnist_max_speed:
         raise LatteError(f"data.mnist_min_speed {config.data.mnist_min_speed} must be <= data.mnist_max_speed "
                          f"{config.data.mnist_max_speed}")
