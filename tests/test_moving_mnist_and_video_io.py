@@ -133,9 +133,12 @@ def test_mp4_is_h264_yuv420p_with_every_frame_and_close_content(tmp_path):
 
 def test_gif_png_npz_and_unknown_suffix(tmp_path):
     videos = smooth_videos(n=2)
-    gifs = save_videos(tmp_path / "a.gif", videos)
+    gifs = save_videos(tmp_path / "a.gif", videos, separate=True)
     assert [p.name for p in gifs] == ["a_000.gif", "a_001.gif"]
     assert Image.open(gifs[0]).n_frames == 5
+    (grid,) = save_videos(tmp_path / "b.gif", videos)  # the file named: both videos side by side
+    assert grid.name == "b.gif" and Image.open(grid).n_frames == 5
+    assert Image.open(grid).size == (2 * (2 * 32 + 2), 2 * 32)
     (png,) = save_videos(tmp_path / "grid.png", videos)
     width, height = Image.open(png).size
     assert (width, height) == (2 * (5 * 34 - 2), 2 * (2 * 34 - 2))

@@ -159,7 +159,7 @@ def test_text_training_writes_checkpoints_and_samples_that_rebuild_the_model(tex
     assert state["model_config"]["depth"] == 2 and state["model_config"]["num_frames"] == 4
     prompts = (text_run / "samples" / "final.txt").read_text().splitlines()
     assert len(prompts) == 2 and all(CAPTION.fullmatch(p) for p in prompts)
-    assert (text_run / "samples" / "final.png").is_file() and (text_run / "samples" / "final_001.mp4").is_file()
+    assert (text_run / "samples" / "final.png").is_file() and (text_run / "samples" / "final.mp4").is_file()
 
 
 def test_resumed_text_training_equals_uninterrupted_training_bitwise(tmp_path, text_run):

@@ -185,7 +185,7 @@ def test_folder_sampling_is_resumable(tmp_path):
     assert len(after) == 5 and all(after[n] == t for n, t in first.items())
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     classes = load_checkpoint(tmp_path / "run")["model_config"]["num_classes"]
-    assert [r["path"] for r in rows] == sorted(after) and all(r["seed"] == 0 for r in rows)
+    assert [r["path"] for r in rows] == sorted(after) and [r["seed"] for r in rows] == list(range(len(rows)))
     assert [r["label"] for r in rows] == [i % classes for i in range(5)]
 
 

@@ -1,13 +1,18 @@
 """`latte` command line: one sub-command per module in `latte.commands`.
 
 Each command module defines `register(subparsers) -> argparse.ArgumentParser` and `run(args) -> int`.
-Errors the user can fix (LatteError, missing files) become one line on stderr and exit code 2.
+Errors the user can fix (LatteError, which the code raises on purpose, and a full disk) become one line
+on stderr and exit code 2; anything else is a bug and keeps its traceback. `--traceback` or
+LATTE_DEBUG=1 prints the full trace of the one-line errors too, causes included.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
+import traceback
 
 # name -> module; kept in the order `latte --help` lists them.
 COMMANDS = {
@@ -26,6 +31,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         prog="latte",
         description="Latte: latent diffusion transformer for video generation.",
     )
+    from latte import __version__
+
+    parser.add_argument("--version", action="version", version=f"latte {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="print the full trace of errors (also LATTE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name, module_name in COMMANDS.items():
@@ -43,7 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def one_line(exc: Exception) -> str:
     """The error's own message; a DataLoader worker re-raises with the worker's traceback in the
     message, whose last line is the original `module.Class: message`."""
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # colour codes some libraries put in messages
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
     return text.splitlines()[0] if text else type(exc).__name__
@@ -51,20 +61,28 @@ def one_line(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from latte.errors import LatteError
+    from latte.files import disk_full
 
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    debug = args.traceback or os.environ.get("LATTE_DEBUG", "") not in ("", "0")
     try:
         return int(modules[args.command].run(args) or 0)
     except LatteError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"latte {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        name = exc.filename if exc.filename is not None else exc
-        print(f"latte {args.command}: error: file not found: {name}", file=sys.stderr)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        if debug:
+            traceback.print_exc()
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"latte {args.command}: error: no space left on device{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"latte {args.command}: interrupted", file=sys.stderr)

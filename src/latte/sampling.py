@@ -70,9 +70,14 @@ def text_inputs(text_encoder, prompts: list[str], device) -> dict:
     return {"encoder_hidden_states": hidden.to(device), "encoder_attention_mask": mask.to(device)}
 
 
+def video_seed(seed: int, index: int) -> int:
+    """The seed of video `index`'s own noise generator in a run of seed `seed`."""
+    return seed * 1_000_003 + index
+
+
 def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
     """x_T for each video index from its own generator: (len(indices), *shape)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(video_seed(seed, i)))
                         for i in indices])
 
 

@@ -5,9 +5,7 @@ sees half a file.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
+import math
 from pathlib import Path
 
 import av
@@ -16,24 +14,10 @@ import torch
 from PIL import Image
 
 from latte.errors import LatteError
+from latte.files import atomic_path
 
 SUFFIXES = (".mp4", ".gif", ".png", ".npz")
 MIN_SIDE = 64  # smaller videos are enlarged (nearest neighbour, integer factor) so players show them
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temp path in the target's folder; rename onto `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -97,9 +81,23 @@ def write_filmstrip_png(path, videos: np.ndarray, gap: int = 2) -> Path:
     return Path(path)
 
 
-def save_videos(path, videos: torch.Tensor, fps: int = 8) -> list[Path]:
-    """videos (N, C, F, H, W) in [-1, 1]; the suffix picks the format: .mp4 / .gif one file per
-    video (name_000.mp4 ... when N > 1), .png one filmstrip of all, .npz the raw arrays."""
+def tile_videos(videos: np.ndarray, gap: int = 2) -> np.ndarray:
+    """videos (N, F, H, W, 3) uint8 -> one video (F, H', W', 3) showing them in a near-square grid,
+    row by row (video i at row i // cols, column i % cols)."""
+    n, f, h, w, _ = videos.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((f, rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 40, np.uint8)
+    for i in range(n):
+        top, left = (i // cols) * (h + gap), (i % cols) * (w + gap)
+        grid[:, top:top + h, left:left + w] = videos[i]
+    return grid
+
+
+def save_videos(path, videos: torch.Tensor, fps: int = 8, separate: bool = False) -> list[Path]:
+    """videos (N, C, F, H, W) in [-1, 1] into the file `path` names; the suffix picks the format:
+    .mp4 / .gif one video (several videos tiled in a grid, or one file each, name_000.mp4 ..., when
+    `separate`), .png one filmstrip of all, .npz the raw arrays."""
     path = Path(path)
     if path.suffix not in SUFFIXES:
         raise LatteError(f"unknown video format {path.suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}")
@@ -112,8 +110,8 @@ def save_videos(path, videos: torch.Tensor, fps: int = 8) -> list[Path]:
                 np.savez(handle, videos=videos.detach().float().cpu().numpy(), uint8=frames)
         return [path]
     writer = write_mp4 if path.suffix == ".mp4" else write_gif
-    if len(frames) == 1:
-        return [writer(path, frames[0], fps)]
+    if len(frames) == 1 or not separate:
+        return [writer(path, frames[0] if len(frames) == 1 else tile_videos(frames), fps)]
     return [writer(path.with_name(f"{path.stem}_{i:03d}{path.suffix}"), f, fps) for i, f in enumerate(frames)]
 
 

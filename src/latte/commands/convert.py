@@ -56,10 +56,22 @@ def latte_file(model, path: Path, vae: str, note: str) -> None:
 def run(args) -> int:
     from latte import models
 
+    from latte.files import check_output_file, make_folder
+
     source, target, output = args.source, args.target, Path(args.output)
+    if target == "latte":
+        check_output_file(output, "output")
+    else:
+        make_folder(output.parent, "the folder of output")
     report = None
     if source == "official":
-        model = models.load_official_checkpoint(args.input)
+        try:
+            model = models.load_official_checkpoint(args.input)
+        except LatteError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise
+            raise LatteError(f"{args.input} is not an official Latte checkpoint (it holds more than tensors); "
+                             "a latte training checkpoint converts with --from latte") from exc
     elif source == "dit":
         model = models.create_model(args.model, num_frames=args.num_frames, num_classes=args.num_classes,
                                     input_size=args.input_size)

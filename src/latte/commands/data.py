@@ -80,9 +80,25 @@ def write_filmstrip(dataset, path: str, samples: int) -> Path:
 
 
 def run(args) -> int:
-    from latte.data import build_dataset
+    import logging
 
-    dataset = build_dataset(args.dataset, args.root, train=False, **dataset_options(args))
+    from latte.data import build_dataset
+    from latte.errors import LatteError
+    from latte.files import check_output_file
+
+    if args.filmstrip:
+        if Path(args.filmstrip).suffix.lower() != ".png":
+            raise LatteError(f"--filmstrip writes a PNG image: give a .png file, got {args.filmstrip}")
+        check_output_file(args.filmstrip, "filmstrip")
+    if args.samples < 1:
+        raise LatteError(f"--samples must be >= 1, got {args.samples}")
+    quiet = logging.getLogger("latte.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the report lists the skipped files once, with their reasons
+    try:
+        dataset = build_dataset(args.dataset, args.root, train=False, **dataset_options(args))
+    finally:
+        quiet.setLevel(level)
     print("\n".join(describe(dataset, args.dataset, args.show_skipped)))
     if args.filmstrip:
         out = write_filmstrip(dataset, args.filmstrip, args.samples)

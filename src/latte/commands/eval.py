@@ -49,6 +49,10 @@ def run(args) -> int:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise LatteError(f"--metrics {args.metrics!r}: choose a comma-separated subset of {','.join(METRICS)}")
+    if args.output:  # before hours of feature extraction
+        from latte.files import check_output_file
+
+        check_output_file(args.output, "report")
     protocol = ClipProtocol(frames=16, stride=args.stride, resolution=args.resolution,
                             num_clips=args.num_clips, seed=args.seed)
     options = EvalOptions(fake=args.fake, real=args.real, metrics=metrics, protocol=protocol,

@@ -32,6 +32,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from latte.errors import LatteError
+
+    for flag, value, low in [("--num-frames", args.num_frames, 1), ("--input-size", args.input_size, 1),
+                             ("--in-channels", args.in_channels, 1), ("--tubelet-frames", args.tubelet_frames, 1),
+                             ("--num-classes", args.num_classes, 0)]:
+        if value < low:
+            raise LatteError(f"{flag} must be >= {low}, got {value}")
     print(f"{'model':<12} {'variant':>7} {'trainable':>14} {'total':>14} {'GFLOPs/clip':>12}")
     for variant in args.variant:
         options = dict(variant=variant, patch_embed=args.patch_embed, tubelet_frames=args.tubelet_frames,

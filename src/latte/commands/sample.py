@@ -93,14 +93,15 @@ def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
 
 
 def write_manifest(folder: Path, model, request) -> Path:
-    """folder/manifest.jsonl: one {"path", "seed", "caption" or "label"} line per video of the request."""
+    """folder/manifest.jsonl: one {"path", "seed" (the video's own noise seed), "caption" or "label"} line
+    per video of the request."""
     import json
 
-    from latte.sampling import video_conditions
+    from latte.sampling import video_conditions, video_seed
     from latte.video_io import atomic_path
 
     indices = list(range(request.num_videos))
-    lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": request.seed, **asked})
+    lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": video_seed(request.seed, i), **asked})
              for i, asked in zip(indices, video_conditions(indices, model, request))]
     with atomic_path(folder / "manifest.jsonl") as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -112,14 +113,16 @@ def run(args) -> int:
     from latte.train.trainer import pick_device
     from latte.video_io import save_videos
 
+    from latte.sample_folder import check_arguments, check_output, claim_folder
+
     output = Path(args.output)
     folder_mode = output.suffix == ""
     if not folder_mode and output.suffix not in SUFFIXES:
         raise LatteError(f"--output must end in {', '.join(SUFFIXES)} or be a folder, got {output}")
+    check_arguments(args)
     prompts = read_prompts(args.prompt, args.prompt_file)
     num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
-    if num_videos < 1 or args.batch_size < 1:
-        raise LatteError("--num-videos and --batch-size must be >= 1")
+    check_output(output, folder_mode)
     device = pick_device(args.device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
     text_encoder = text_encoder_for(config, device) if prompts else None
@@ -129,24 +132,27 @@ def run(args) -> int:
                             class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                             num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
                             negative_prompt=args.negative_prompt)
-    fps = args.fps or config.sample.fps
+    fps = args.fps if args.fps is not None else config.sample.fps
     if not folder_mode:
         videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)
         for path in save_videos(output, videos, fps=fps):
             print(path)
         return 0
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    output.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_manifest(output, model, request)
-    todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
-    print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start:start + args.batch_size]
-        videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False,
-                             text_encoder=text_encoder)
-        for index, video in zip(chunk, videos):
-            save_videos(output / f"{index:06d}.mp4", video[None], fps=fps)
-        print(f"rank {rank}: {start + len(chunk)}/{len(todo)} written", flush=True)
+    lock = claim_folder(output, args, request, fps) if rank == 0 else None  # one writer, one set of settings
+    try:
+        if rank == 0:
+            write_manifest(output, model, request)
+        todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
+        print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False,
+                                 text_encoder=text_encoder)
+            for index, video in zip(chunk, videos):
+                save_videos(output / f"{index:06d}.mp4", video[None], fps=fps)
+            print(f"rank {rank}: {start + len(chunk)}/{len(todo)} written", flush=True)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
-

@@ -24,6 +24,7 @@ class MovingMNISTClips(Dataset):
     """Moving MNIST clips with labels and captions; frame_interval > 1 generates the longer sequence and strides it."""
 
     name = "moving-mnist"
+    accepts_keys = True  # dataset[(index, draw)]: randomness seeded by (seed, index, draw)
 
     def __init__(self, options: ClipOptions, **extra):
         from latte.data.moving_mnist import MovingMNIST

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from latte.data.datasets import keyed_generator, other_clip, randint
 from latte.errors import LatteError
+from latte.files import LOCK_NAME, FolderLock, atomic_path, atomic_write_text, remove_stale_temps
 
 MANIFEST = "manifest.json"
 EMPTY_TEXT = "empty-text.safetensors"
@@ -85,12 +86,6 @@ class CacheSettings:
             raise LatteError(f"resolution must be an int or (H, W), got {self.options['resolution']!r}") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.safetensors"
 
@@ -117,10 +112,8 @@ def _collate(items: list[dict]) -> dict:
 
 def _write_shard(path: Path, tensors: dict, captions: list) -> None:
     metadata = {"captions": json.dumps(captions)} if any(c is not None for c in captions) else None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path, "cache shard") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _sources(dataset) -> list:
@@ -151,9 +144,15 @@ def _plan(settings: CacheSettings) -> tuple:
 def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int = 8, device: str = "auto",
                    workers: int = 0, chunk_size: int = 32, log=print) -> Path:
     """Encode `settings.dataset` with `settings.vae` into the cache folder `output`; resumes a partial cache."""
+    output = Path(output)
+    with FolderLock(output, "encode"):  # one writer per cache folder
+        return _encode(output, settings, batch_size, device, workers, chunk_size, log)
+
+
+def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str, workers: int, chunk_size: int,
+            log) -> Path:
     from latte.vae import load_vae
 
-    output = Path(output)
     dataset, entries, header = _plan(settings)
     num_shards = header["num_shards"]
     previous = read_manifest(output) if (output / MANIFEST).is_file() else None
@@ -162,10 +161,9 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
         if previous.get("complete") and all(shard_path(output, k).is_file() for k in range(num_shards)):
             log(f"{output}: cache already complete ({len(entries)} clips in {num_shards} shards)")
             return output
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
+    elif output.exists() and (not output.is_dir() or any(p.name != LOCK_NAME for p in output.iterdir())):
         raise LatteError(f"{output} exists and is not a latent cache: give an empty or new folder")
-    for stale in output.glob(".*.tmp-*"):  # half-written files of an interrupted run
-        stale.unlink()
+    remove_stale_temps(output)  # half-written files of an interrupted run
     todo = [k for k in range(num_shards) if not shard_path(output, k).is_file()]
 
     if device == "auto":
@@ -282,6 +280,8 @@ class LatentCacheDataset(Dataset):
     "images" (C, N, h, w) one latent frame from each of N other cached clips (+ "image_labels",
     "image_captions"); with cached caption embeddings "text" (1 + N, L, width) and "text_mask" (1 + N, L),
     the clip's caption first, then those of its image frames."""
+
+    accepts_keys = True  # dataset[(index, draw)]: latent noise and image frames seeded by (seed, index, draw)
 
     def __init__(self, folder: str | Path, images_per_clip: int = 0, sample: bool = True, seed: int = 0):
         self.folder = Path(folder)

@@ -7,7 +7,8 @@ frame from each of N other random clips, with "image_labels" (N,) when there are
 
 Randomness (temporal crop start, flip, image frames) comes from torch's global generator, which
 DataLoader seeds per worker; `dataset[(index, draw)]` instead draws from a generator seeded by
-(seed, index, draw), so a sampler that yields such keys gets the same clips with any worker count.
+(seed, index, draw): training's sampler yields such keys (draw = the item's position in the run), so
+a run gets the same clips with any worker count and after any resume.
 """
 from __future__ import annotations
 
@@ -59,6 +60,14 @@ class ClipOptions:
 OPTION_NAMES = tuple(f.name for f in fields(ClipOptions))
 
 
+class UnreadableClip(LatteError):
+    """A clip whose frames do not decode (found after the scan, which decodes only the first frame)."""
+
+    def __init__(self, dataset: str, path: str, reason: str):
+        super().__init__(f"{dataset}: {reason}" if path in reason else f"{dataset}: {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 @dataclass(frozen=True)
 class Clip:
     path: str
@@ -87,6 +96,7 @@ class ClipDataset(Dataset):
     """Clips read from files below `root`; subclasses say where the clips are (`discover`)."""
 
     name = "folder"
+    accepts_keys = True  # dataset[(index, draw)]: randomness seeded by (seed, index, draw)
     default_flip = False
     spatial = "resize_crop"  # or "crop_resize" (see latte.data.video)
     extra_options: tuple[str, ...] = ()
@@ -95,10 +105,13 @@ class ClipDataset(Dataset):
         self.root = Path(root).expanduser()
         if not self.root.exists():
             raise LatteError(f"{self.name} root {self.root} does not exist")
+        if self.root.is_file() and self.name != "captions":
+            raise LatteError(f"{self.name} root {self.root} is a file: give the dataset's folder")
         self.options = options
         self.size = options.resolution
         self.flip = self.default_flip if options.flip is None else bool(options.flip)
         self.class_names: list[str] | None = None
+        self.broken: set[str] = set()  # files found unreadable after the scan (this process)
         candidates, self.skipped = self.discover(**extra)
         self.clips = self._scan(candidates)
         if not self.clips:
@@ -140,7 +153,26 @@ class ClipDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, generator = self._key(key)
+        """The item of clip `index`; a file found unreadable now (the scan only decodes its first frame) is
+        skipped with one warning, and the next readable clip takes its place, so the run goes on and the
+        replacement is the same whatever the worker count."""
+        index, draw = self._key(key)
+        for _ in range(len(self)):
+            if self.clips[index].path not in self.broken:
+                try:
+                    return self._item(index, None if draw is None else keyed_generator(self.options.seed, index, draw))
+                except UnreadableClip as exc:
+                    self._broke(exc)
+            index = (index + 1) % len(self)
+        raise LatteError(f"{self.name}: no readable clip left under {self.root}")
+
+    def _broke(self, exc: UnreadableClip) -> None:
+        self.broken.add(exc.path)
+        self.skipped.append((exc.path, exc.reason))
+        log.warning("skipping %s: %s (%d file(s) found unreadable while training)", exc.path, exc.reason,
+                    len(self.broken))
+
+    def _item(self, index: int, generator: torch.Generator | None) -> dict:
         o = self.options
         clip = self.clips[index]
         if o.train:
@@ -153,12 +185,11 @@ class ClipDataset(Dataset):
             item.update(self._images(index, generator if o.train else keyed_generator(o.seed, index, -1)))
         return item
 
-    def _key(self, key) -> tuple[int, torch.Generator | None]:
+    def _key(self, key) -> tuple[int, int | None]:
         index, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
         if not -len(self) <= index < len(self):
             raise IndexError(f"clip {index} out of range ({len(self)} clips)")
-        index %= len(self)
-        return index, None if draw is None else keyed_generator(self.options.seed, index, draw)
+        return index % len(self), draw
 
     def load_clip(self, index: int, start: int = 0, flip: bool = False) -> dict:
         """Clip `index` from source frame `start` (every frame_interval-th frame), centre-cropped."""
@@ -167,7 +198,7 @@ class ClipDataset(Dataset):
         try:
             frames = read_frames(clip.path, indices)  # (F, H, W, 3) uint8
         except VideoReadError as exc:
-            raise LatteError(f"{self.name}: {exc}") from None
+            raise UnreadableClip(self.name, clip.path, str(exc)) from None
         item = {"video": frames_to_clip(frames, self.size, self.spatial, flip)}  # (C, F, H, W)
         if clip.label is not None:
             item["label"] = clip.label
@@ -185,18 +216,25 @@ class ClipDataset(Dataset):
     def _images(self, index: int, generator: torch.Generator | None) -> dict:
         """One random frame from each of images_per_clip other random clips (paper's image-video joint training)."""
         frames, labels, captions = [], [], []
-        for _ in range(self.options.images_per_clip):
+        for _ in range(100 * self.options.images_per_clip):
+            if len(frames) == self.options.images_per_clip:
+                break
             other = other_clip(index, len(self), generator)
             clip = self.clips[other]
             t = randint(clip.num_frames, generator)
             flip = self.options.train and self.flip and randint(2, generator) == 1
+            if clip.path in self.broken:
+                continue  # drawn again from the same generator: the same choice on any worker
             try:
                 pixels = read_frames(clip.path, [t])  # (1, H, W, 3)
             except VideoReadError as exc:
-                raise LatteError(f"{self.name}: {exc}") from None
+                self._broke(UnreadableClip(self.name, clip.path, str(exc)))
+                continue
             frames.append(frames_to_clip(pixels, self.size, self.spatial, flip))  # (C, 1, H, W)
             labels.append(clip.label)
             captions.append(clip.caption)
+        if len(frames) < self.options.images_per_clip:
+            raise LatteError(f"{self.name}: too few readable clips for {self.options.images_per_clip} image frames")
         out = {"images": torch.cat(frames, dim=1)}  # (C, N, H, W)
         if self.class_names is not None:
             out["image_labels"] = torch.tensor(labels, dtype=torch.long)

@@ -7,6 +7,7 @@ over the videos when more clips than videos are asked for); generated clips are 
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -21,6 +22,21 @@ from latte.errors import LatteError
 from latte.metrics.videos import count_frames, find_videos, load_npz_videos, read_frames, resize_center_crop, to_uint8
 
 _DATASET_SPEC = re.compile(r"^([A-Za-z][\w-]*):(.+)$")
+log = logging.getLogger("latte.metrics")
+
+
+def readable_frame_counts(videos: list[Path], desc: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """(video, frame count) of the readable videos, and the unreadable ones, each skipped with one warning."""
+    counted, broken = [], []
+    for video in tqdm(videos, desc=desc, unit="video", leave=False, disable=len(videos) < 200):
+        try:
+            counted.append((video, count_frames(video)))
+        except LatteError as exc:
+            broken.append(video)
+            log.warning("skipping %s: %s", video, exc)
+    if broken:
+        log.warning("%d unreadable file(s) skipped", len(broken))
+    return counted, broken
 
 
 @dataclass(frozen=True)
@@ -84,9 +100,8 @@ class RealVideoClips(ClipSet):
             return self._plan
         p = self.protocol
         span = (p.frames - 1) * p.stride + 1
-        videos = find_videos(self.root)
-        counts = [count_frames(v) for v in tqdm(videos, desc="indexing real videos", unit="video", leave=False)]
-        eligible = [(v, n) for v, n in zip(videos, counts) if n >= span]
+        counted, self.skipped = readable_frame_counts(find_videos(self.root), "indexing real videos")
+        eligible = [(v, n) for v, n in counted if n >= span]
         if not eligible:
             raise LatteError(f"no video under {self.root} has {span} frames ({p.frames} frames at stride {p.stride}): "
                              f"use a smaller --stride")
@@ -104,10 +119,17 @@ class RealVideoClips(ClipSet):
         return len(self.plan())
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        video, start = self.plan()[index]
-        indices = list(range(start, start + self.protocol.frames * self.protocol.stride, self.protocol.stride))
-        frames = torch.from_numpy(read_frames(video, indices))  # (T, H, W, 3)
-        return resize_center_crop(frames, self.protocol.resolution)
+        plan = self.plan()
+        for k in range(len(plan)):  # a file that fails to decode now: the next clip of the plan takes its place
+            video, start = plan[(index + k) % len(plan)]
+            indices = list(range(start, start + self.protocol.frames * self.protocol.stride, self.protocol.stride))
+            try:
+                frames = torch.from_numpy(read_frames(video, indices))  # (T, H, W, 3)
+            except LatteError as exc:
+                log.warning("skipping %s: %s", video, exc)
+                continue
+            return resize_center_crop(frames, self.protocol.resolution)
+        raise LatteError(f"no clip under {self.root} decodes")
 
 
 class DatasetClips(ClipSet):
@@ -170,13 +192,16 @@ class GeneratedClips(ClipSet):
         self.source = str(self.root.resolve())
         self.items: list[tuple[Path, int]] = []  # (file, row of an npz or -1)
         self._npz: dict[Path, torch.Tensor] = {}
-        for path in find_videos(self.root, allow_npz=True):
+        found = find_videos(self.root, allow_npz=True)
+        for path in found:
             if path.suffix.lower() == ".npz":
                 videos = load_npz_videos(path)  # (N, F, H, W, 3) uint8
                 self._npz[path] = videos
                 self.items += [(path, row) for row in range(videos.shape[0])]
-            else:
-                self.items.append((path, -1))
+        counted, self.skipped = readable_frame_counts([p for p in found if p.suffix.lower() != ".npz"],
+                                                      "indexing generated videos")
+        self.items += [(path, -1) for path, _ in counted]
+        self.items.sort(key=lambda item: (str(item[0]), item[1]))
         self.available = len(self.items)
         self.items = self.items[: protocol.num_clips]
 

@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,15 +138,10 @@ def cache_key(clips: ClipSet, protocol: ClipProtocol, detector: Detector) -> str
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from latte.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def load_cached_stats(path: Path) -> Gaussian | None:

@@ -99,7 +99,7 @@ class ModelConfig:
             (self.patch_embed != "tubelet" or self.num_frames % self.tubelet_frames == 0,
              f"num_frames {self.num_frames} is not divisible by tubelet_frames {self.tubelet_frames}"),
             (all(s % self.patch_size == 0 for s in self.latent_hw),
-             f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}"),
+             f"input_size {'x'.join(map(str, self.latent_hw))} is not divisible by patch_size {self.patch_size}"),
             (self.hidden_size % 4 == 0, f"hidden_size must be divisible by 4 for 2-D sin-cos, got {self.hidden_size}"),
             (self.depth >= 1, f"depth must be >= 1, got {self.depth}"),
             (self.caption_channels >= 0, f"caption_channels must be >= 0, got {self.caption_channels}"),

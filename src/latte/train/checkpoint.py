@@ -5,33 +5,20 @@ model_config, dataset (classes, channels), rng (torch, numpy, python, the noise 
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from latte.errors import LatteError
+from latte.files import DiskFullError, atomic_torch_save, atomic_write_text, remove_stale_temps
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save into a temp file beside `path`, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(obj, path)
 
 
 def checkpoint_dir(output_dir) -> Path:
@@ -48,10 +35,38 @@ def list_checkpoints(output_dir) -> list[Path]:
 
 def save_checkpoint(state: dict, output_dir, keep: int) -> Path:
     path = checkpoint_dir(output_dir) / f"step_{state['step']:07d}.pt"
-    atomic_save(state, path)
+    try:
+        atomic_save(state, path)
+    except DiskFullError as exc:
+        good = list_checkpoints(output_dir)
+        kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
+        raise DiskFullError(f"{exc}; training stopped ({kept})") from exc
     for old in list_checkpoints(output_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def tidy_run_folder(output_dir, step: int) -> list[Path]:
+    """After a crash, before training resumes at `step`: delete the temp files of interrupted writes and
+    the metrics.jsonl lines past `step` (steps the killed run logged after its last checkpoint, which
+    the resumed run logs again), so the folder reads like an uninterrupted run's. Returns what was removed."""
+    import json
+
+    output = Path(output_dir)
+    removed = [p for folder in (output, checkpoint_dir(output), output / "samples") for p in remove_stale_temps(folder)]
+    metrics = output / "metrics.jsonl"
+    if metrics.is_file():
+        lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut by the kill
+                pass
+        if len(kept) != len(lines):
+            atomic_write_text(metrics, "".join(kept), "metrics log")
+    return removed
 
 
 def resolve_checkpoint(path) -> Path:

@@ -7,6 +7,7 @@ checkpoint, so `latte sample` can rebuild the run from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -275,8 +276,7 @@ def validate_model(m: ModelSection) -> None:
         m.text_encoder = resolve_text_encoder(m.text_encoder)
         if m.depth is not None and m.depth % 2:
             raise LatteError(f"model.depth counts spatial + temporal blocks: a text model needs it even, got {m.depth}")
-    if not 0.0 <= m.caption_dropout < 1.0:
-        raise LatteError(f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
+    check_range("model.caption_dropout", m.caption_dropout, 0, 1, high_open=True)
 
 
 MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
@@ -300,26 +300,120 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value not in valid:
             raise LatteError(f"{section}.{key} must be one of {', '.join(valid)}, got {value!r}")
-    positive = [("train", "max_steps"), ("train", "batch_size"), ("train", "grad_accum"), ("train", "checkpoint_every"),
-                ("train", "keep_checkpoints"), ("train", "log_every"), ("data", "num_frames"), ("data", "resolution")]
-    for section, key in positive:
-        if getattr(getattr(config, section), key) < 1:
-            raise LatteError(f"{section}.{key} must be >= 1, got {getattr(getattr(config, section), key)}")
-    if not 0.0 <= config.train.ema_decay < 1.0:
-        raise LatteError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    for (section, key), (low, high, low_open, high_open) in RANGES.items():
+        check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
+    if config.train.batch_size % config.train.grad_accum:
+        raise LatteError(f"train.batch_size {config.train.batch_size} must be divisible by train.grad_accum "
+                         f"{config.train.grad_accum}")
+    if config.data.mnist_min_speed > config.data.mnist_max_speed:
+        raise LatteError(f"data.mnist_min_speed {config.data.mnist_min_speed} must be <= data.mnist_max_speed "
+                         f"{config.data.mnist_max_speed}")
+    if config.diffusion.beta_start > config.diffusion.beta_end:
+        raise LatteError(f"diffusion.beta_start {config.diffusion.beta_start} must be <= diffusion.beta_end "
+                         f"{config.diffusion.beta_end}")
     if config.train.peak_tflops is not None and config.train.peak_tflops <= 0:
         raise LatteError(f"train.peak_tflops must be > 0 (or none), got {config.train.peak_tflops}")
     if config.train.fsdp_cpu_offload and config.train.parallel != "fsdp":
         raise LatteError("train.fsdp_cpu_offload needs train.parallel=fsdp")
-    if config.optim.lr <= 0:
-        raise LatteError(f"optim.lr must be > 0, got {config.optim.lr}")
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
-    if config.diffusion.timestep_power <= 0:
-        raise LatteError(f"diffusion.timestep_power must be > 0, got {config.diffusion.timestep_power}")
-    if config.diffusion.timestep_power_until < 0:  # past train.max_steps the power simply holds throughout
-        raise LatteError(f"diffusion.timestep_power_until must be >= 0, got {config.diffusion.timestep_power_until}")
+    check_model_shape(config)
+
+
+INF = float("inf")
+# (section, key): (low, high, low excluded, high excluded); None values (optional keys) are not checked.
+RANGES = {
+    ("model", "tubelet_frames"): (1, INF, False, False),
+    ("model", "hidden_size"): (1, INF, False, False),
+    ("model", "depth"): (1, INF, False, False),
+    ("model", "num_heads"): (1, INF, False, False),
+    ("model", "patch_size"): (1, INF, False, False),
+    ("model", "mlp_ratio"): (0, INF, True, True),
+    ("model", "class_dropout"): (0, 1, False, True),
+    ("model", "text_max_length"): (1, INF, False, False),
+    ("diffusion", "num_timesteps"): (2, INF, False, False),
+    ("diffusion", "beta_start"): (0, 1, True, True),
+    ("diffusion", "beta_end"): (0, 1, True, True),
+    ("diffusion", "min_snr_gamma"): (0, INF, True, True),
+    ("diffusion", "timestep_power"): (0, INF, True, True),
+    ("diffusion", "timestep_power_until"): (0, INF, False, False),  # past max_steps the power holds throughout
+    ("data", "num_frames"): (1, INF, False, False),
+    ("data", "frame_interval"): (1, INF, False, False),
+    ("data", "resolution"): (1, INF, False, False),
+    ("data", "images_per_clip"): (0, INF, False, False),
+    ("data", "num_workers"): (0, INF, False, False),
+    ("data", "mnist_min_speed"): (0, INF, False, True),
+    ("data", "mnist_max_speed"): (0, INF, False, True),
+    ("optim", "lr"): (0, INF, True, True),
+    ("optim", "beta1"): (0, 1, False, True),
+    ("optim", "beta2"): (0, 1, False, True),
+    ("optim", "weight_decay"): (0, INF, False, True),
+    ("optim", "warmup_steps"): (0, INF, False, False),
+    ("optim", "grad_clip"): (0, INF, False, True),
+    ("optim", "clip_from_step"): (0, INF, False, False),
+    ("train", "max_steps"): (1, INF, False, False),
+    ("train", "batch_size"): (1, INF, False, False),
+    ("train", "grad_accum"): (1, INF, False, False),
+    ("train", "ema_decay"): (0, 1, False, True),
+    ("train", "seed"): (0, 2**31 - 1, False, False),
+    ("train", "checkpoint_every"): (1, INF, False, False),
+    ("train", "keep_checkpoints"): (1, INF, False, False),
+    ("train", "log_every"): (1, INF, False, False),
+    ("train", "sample_every"): (0, INF, False, False),
+    ("sample", "num_videos"): (1, INF, False, False),
+    ("sample", "steps"): (1, INF, False, False),
+    ("sample", "cfg_scale"): (0, INF, False, True),
+    ("sample", "fps"): (1, INF, False, False),
+}
+
+
+def check_range(name: str, value, low, high, low_open: bool = False, high_open: bool = False) -> None:
+    """One-line error naming the key and its valid range (NaN and infinities are never in range)."""
+    if value is None:
+        return
+    inside = math.isfinite(value) and (low < value if low_open else low <= value) and \
+        (value < high if high_open else value <= high)
+    if not inside:
+        def bound(b):
+            return "inf" if b == INF else (f"{b:g}" if isinstance(b, float) else str(b))
+
+        span = f"{'(' if low_open else '['}{bound(low)}, {bound(high)}{')' if high_open or high == INF else ']'}"
+        raise LatteError(f"{name} must be in {span}, got {value}")
+
+
+def check_model_shape(config: Config) -> None:
+    """Build the model config the run will build (on pixels or on-the-fly latents), so sizes the model
+    refuses (a resolution its patch size does not divide, heads that do not divide the width) are
+    refused here, by --dry-run too, and not after the data are loaded."""
+    m, d = config.model, config.data
+    if d.cache:
+        return
+    import torch
+
+    from latte.train.trainer import make_model_config
+
+    factor = 8 if d.vae != "none" else 1  # the Stable Diffusion VAE downsamples 8x
+    if d.resolution % factor:
+        raise LatteError(f"data.resolution {d.resolution} must be divisible by the VAE's factor {factor}")
+    side = d.resolution // factor
+    probe = torch.empty(4, d.num_frames, side, side, device="meta")  # (C, F, H, W): channels do not matter here
+    try:
+        make_model_config(config, probe, num_classes=0, caption_channels=1 if m.text_encoder else 0)
+    except LatteError as exc:
+        raise LatteError(f"model: {exc} (data.resolution {d.resolution}"
+                         f"{', VAE latents 1/8 of it' if factor > 1 else ''})") from None
+
+
+PATH_KEYS = {("data", "root"), ("data", "cache"), ("data", "vae"), ("model", "init_from_dit"),
+             ("model", "init_from_pixart"), ("model", "text_encoder")}
+
+
+def same_path(value):
+    """An existing path's resolved form (other values, such as hub ids, unchanged)."""
+    if isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 def resume_differences(stored: dict, current: Config) -> list[str]:
@@ -330,6 +424,8 @@ def resume_differences(stored: dict, current: Config) -> list[str]:
         for key in keys or now[section].keys():
             # a key the checkpoint lacks was added later: the run used its default
             old, new = stored.get(section, {}).get(key, defaults[section].get(key)), now[section][key]
+            if (section, key) in PATH_KEYS:  # ucf, ucf/ and /abs/ucf name one folder
+                old, new = same_path(old), same_path(new)
             if old != new:
                 diffs.append(f"{section}.{key}: checkpoint {old!r}, now {new!r}")
     return diffs

@@ -52,22 +52,26 @@ def all_mean(value: torch.Tensor, info: Dist) -> torch.Tensor:
 
 
 class ResumableOrder(torch.utils.data.Sampler):
-    """Indices this rank reads, step after step from `start_step`: the global stream is a chain of
-    seeded permutations; each step takes `global_batch` of it, split into accumulation micro-steps
-    and, inside each, into equal per-rank slices."""
+    """Keys (clip index, position in the run) this rank reads, step after step from `start_step`: the
+    global stream is a chain of seeded permutations; each step takes `global_batch` of it, split into
+    accumulation micro-steps and, inside each, into equal per-rank slices. The datasets seed every random
+    choice of an item (temporal crop, flip, image frames, latent noise) by (seed, index, position), so
+    the data depend neither on resuming nor on the number of loader workers."""
 
-    def __init__(self, length: int, global_batch: int, accum: int, info: Dist, seed: int, start_step: int):
+    def __init__(self, length: int, global_batch: int, accum: int, info: Dist, seed: int, start_step: int,
+                 keyed: bool = True):
+        self.keyed = keyed  # False: plain indices, for datasets without keyed access (`accepts_keys`)
         self.length, self.global_batch, self.accum = length, global_batch, accum
         self.info, self.seed, self.start_step = info, seed, start_step
         self.micro = global_batch // (accum * info.world)
 
-    def _global(self, position: int, count: int) -> list[int]:
+    def _global(self, position: int, count: int) -> list[tuple[int, int]]:
         out = []
         while count > 0:
             epoch, offset = divmod(position, self.length)
             perm = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             take = perm[offset:offset + count].tolist()
-            out += take
+            out += [(index, position + k) if self.keyed else index for k, index in enumerate(take)]
             position += len(take)
             count -= len(take)
         return out

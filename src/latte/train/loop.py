@@ -1,11 +1,15 @@
 """`train(config)`: set up, print the resolved config, train, and write sample videos at the end."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
+from latte.files import FolderLock, atomic_write_text
 from latte.sampling import SampleRequest, generate
 from latte.train import distributed
+from latte.train.checkpoint import tidy_run_folder
 from latte.train.config import Config
 from latte.train.trainer import Trainer, describe
 
@@ -37,18 +41,23 @@ def write_samples(trainer: Trainer, name: str, formats=(".png",)) -> list[Path]:
     for suffix in formats:
         written += save_videos(folder / f"{name}{suffix}", videos, fps=trainer.config.sample.fps)
     if prompts is not None:
-        from latte.data.cache import atomic_write_text
-
         atomic_write_text(folder / f"{name}.txt", "".join(prompts[i % len(prompts)] + "\n" for i in range(len(videos))))
     return written
 
 
 def train(config: Config, write_samples_at_end: bool = True, log=print) -> Trainer:
+    # one writer per run folder (rank 0 of a torchrun job holds the lock for all its ranks)
+    lock = FolderLock(config.train.output_dir, "train") if int(os.environ.get("RANK", "0")) == 0 else None
+    with lock or contextlib.nullcontext():
+        return _train(config, write_samples_at_end, log)
+
+
+def _train(config: Config, write_samples_at_end: bool, log) -> Trainer:
     trainer = Trainer(config, log=log)
     log = trainer.log  # silent on ranks other than 0
     if trainer.dist.main:
-        trainer.output.mkdir(parents=True, exist_ok=True)
-        (trainer.output / "config.yaml").write_text(config.to_yaml())
+        tidy_run_folder(trainer.output, trainer.step)
+        atomic_write_text(trainer.output / "config.yaml", config.to_yaml(), "run config")
         log("resolved config:\n" + "\n".join("  " + line for line in config.to_yaml().splitlines()))
         log(describe(trainer))
     interim = (lambda tr: log(f"samples at step {tr.step}: {write_samples(tr, f'step_{tr.step:07d}')[0]}"))
@@ -60,7 +69,7 @@ def train(config: Config, write_samples_at_end: bool = True, log=print) -> Train
             with trainer.gathered_ema():  # FSDP: every rank joins the gather of the EMA weights
                 if trainer.dist.main:
                     paths = write_samples(trainer, "final", formats=(".png", ".mp4"))
-                    log(f"samples: {paths[0]} (filmstrip) and {len(paths) - 1} mp4 file(s) in {paths[0].parent}")
+                    log(f"samples: {paths[0]} (filmstrip) and {paths[1]} (all {config.sample.num_videos} videos in one)")
     finally:
         distributed.teardown(trainer.dist)
     sys.stdout.flush()

@@ -207,7 +207,8 @@ class Trainer:
 
     def _loader(self):
         t = self.config.train
-        order = distributed.ResumableOrder(len(self.dataset), t.batch_size, t.grad_accum, self.dist, t.seed, self.step)
+        order = distributed.ResumableOrder(len(self.dataset), t.batch_size, t.grad_accum, self.dist, t.seed, self.step,
+                                           keyed=getattr(self.dataset, "accepts_keys", False))
         workers = self.config.data.num_workers
         return iter(torch.utils.data.DataLoader(
             self.dataset, batch_size=self.micro, sampler=order, num_workers=workers, collate_fn=self._collate,
