@@ -333,3 +333,27 @@ def test_traceback_flag_prints_the_trace_and_version_prints_the_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("latte ")
+
+
+def test_debug_environment_variable_prints_the_trace(monkeypatch, capsys):
+    monkeypatch.setenv("LATTE_DEBUG", "1")
+    assert main(dry("train.seed=-1")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "train.seed must be in" in err.strip().splitlines()[-1]
+
+
+def test_data_inspect_lists_each_skipped_file_once(tmp_path, capsys):
+    root = tmp_path / "clips"
+    write_clips(root, count=1)
+    (root / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    assert main(["data", "inspect", "--dataset", "folder", "--root", str(root), "--num-frames", "4",
+                 "--resolution", "16"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("broken.mp4") == 1
+
+
+def test_convert_official_on_a_latte_checkpoint_is_one_plain_line(run_dir, tmp_path, capsys):
+    checkpoint = list_checkpoints(run_dir)[-1]
+    assert main(["convert", "--from", "official", "--to", "latte", str(checkpoint), str(tmp_path / "out.pt")]) == 2
+    (line,) = error_lines(capsys.readouterr().err, "convert")
+    assert "not an official Latte checkpoint" in line and "--from latte" in line and "\x1b" not in line
