@@ -52,10 +52,10 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.forward = types.MethodType(_checkpointed_forward, block)
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
     """Regional compile: `nn.Module.compile` works in place (names and state_dict keys unchanged)."""
     for block in blocks_of(model):
-        block.compile()
+        block.compile(backend=backend)
 
 
 def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool) -> dict:
@@ -85,6 +85,9 @@ def parallelize(model: nn.Module, ema: nn.Module, train, device: torch.device, d
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
+    for module in (model, ema):  # each rank initialised its own copy: shard rank 0's (DDP broadcasts it itself)
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
     options = _fsdp_kwargs(device, dist.world, bf16, train.fsdp_cpu_offload)
     for block in blocks_of(model):
         fully_shard(block, **options)

@@ -107,7 +107,10 @@ def set_rng_state(state: dict, noise: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    noise.set_state(state["noise"])
+    if state["noise"].numel() == noise.get_state().numel():
+        noise.set_state(state["noise"])
+    else:  # a CUDA run's checkpoint from before the draws moved to the device (a CPU generator's state)
+        noise.manual_seed(int(state["noise"].long().sum()))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
