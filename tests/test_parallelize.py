@@ -1,6 +1,7 @@
 """train/parallelize.py: activation checkpointing, regional compile, FSDP2 on CPU (gloo), and the
 properties they must keep (state_dict keys, results within tolerance of eager one-process training)."""
 import functools
+import json
 import os
 import shutil
 import socket
@@ -11,14 +12,14 @@ import time
 import pytest
 import torch
 
-from latte.models import build_model, create_model
+from latte.models import build_model, create_model, forward_flops
 from latte.models.latte import Context, LatteBlock
 from latte.models.text import TextContext, T2VBlock
 from latte.sampling import generate
 from latte.train.checkpoint import load_checkpoint
 from latte.train.config import load_config
 from latte.train.loop import sample_request, train
-from latte.train import parallelize
+from latte.train import mfu, parallelize
 from latte.train.parallelize import blocks_of, checkpoint_blocks
 
 TINY = ["train.device=cpu", "data.num_workers=0"]
@@ -174,3 +175,41 @@ def test_bf16_autocast_forward_is_close_to_fp32():
     assert half.dtype == torch.bfloat16
     error = (half.float() - full).norm() / full.norm()
     assert error < 2e-2, float(error)
+
+
+def test_mfu_is_logged_with_a_given_peak_and_counts_three_forward_passes(tmp_path):
+    run = train(tiny_config(tmp_path / "peak", "train.max_steps=2", "train.peak_tflops=0.001"),
+                write_samples_at_end=False)
+    flops = mfu.train_flops_per_clip(run)
+    assert flops == forward_flops(run.model, batch=1)  # the model package's count of the same clip
+    records = [json.loads(line) for line in (tmp_path / "peak" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert record["mfu"] == pytest.approx(3 * flops * record["clips_per_s"] / 1e9)
+    train(tiny_config(tmp_path / "cpu", "train.max_steps=1"), write_samples_at_end=False)
+    assert "mfu" not in (tmp_path / "cpu" / "metrics.jsonl").read_text()  # no known CPU peak
+
+
+def test_peak_flops_of_known_gpus(monkeypatch):
+    assert mfu.peak_flops(torch.device("cpu")) is None
+    assert mfu.peak_flops(torch.device("cpu"), 10.0) == 10e12
+    for name, tflops in [("NVIDIA H200", 989.4), ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0),
+                         ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA GeForce RTX 4090", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert mfu.peak_flops(torch.device("cuda")) == (None if tflops is None else tflops * 1e12), name
+
+
+def test_text_model_flops_are_counted_on_the_meta_device():
+    from types import SimpleNamespace
+
+    from latte.models.text import build_t2v_model, t2v_config
+
+    config = t2v_config("LatteT2V-T", in_channels=4, out_channels=8, sample_size=8, caption_channels=16, num_frames=4)
+    trainer = SimpleNamespace(model_config=config, text_encoder=SimpleNamespace(max_length=6),
+                              config=SimpleNamespace(data=SimpleNamespace(images_per_clip=0)))
+    model = build_t2v_model(config).eval()
+    real = mfu.count_forward_flops(model, torch.zeros(1, 4, 4, 8, 8), torch.zeros(1, dtype=torch.long),
+                                   encoder_hidden_states=torch.zeros(1, 1, 6, 16),
+                                   encoder_attention_mask=torch.ones(1, 1, 6, dtype=torch.long))
+    # SDPA is counted by formula on the meta device, through its CPU kernel's parts here: within a few %
+    assert mfu.train_flops_per_clip(trainer) == pytest.approx(real, rel=0.05) and real > 0

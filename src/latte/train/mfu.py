@@ -50,15 +50,15 @@ def train_flops_per_clip(trainer) -> int:
 
     c, images = trainer.model_config, trainer.config.data.images_per_clip
     text = trainer.text_encoder is not None
-    with torch.device("meta"):
+    with torch.device("meta"):  # parameters only: forward code that builds tables on the CPU still may
         model = (build_t2v_model if text else build_model)(c).eval()
-        hw = (c.sample_size,) * 2 if text else tuple(c.latent_hw)
-        x = torch.zeros(1, c.in_channels, c.num_frames + images, *hw)
-        kwargs = {"num_images": images}
-        if text:
-            length = trainer.text_encoder.max_length
-            kwargs["encoder_hidden_states"] = torch.zeros(1, 1 + images, length, c.caption_channels)
-            kwargs["encoder_attention_mask"] = torch.ones(1, 1 + images, length, dtype=torch.long)
-        elif c.num_classes:
-            kwargs["y"] = torch.zeros(1, 1 + images, dtype=torch.long)
-        return count_forward_flops(model, x, torch.zeros(1, dtype=torch.long), **kwargs)
+    hw = (c.sample_size,) * 2 if text else tuple(c.latent_hw)
+    x = torch.zeros(1, c.in_channels, c.num_frames + images, *hw, device="meta")
+    kwargs = {"num_images": images}
+    if text:
+        length = trainer.text_encoder.max_length
+        kwargs["encoder_hidden_states"] = torch.zeros(1, 1 + images, length, c.caption_channels, device="meta")
+        kwargs["encoder_attention_mask"] = torch.ones(1, 1 + images, length, dtype=torch.long, device="meta")
+    elif c.num_classes:
+        kwargs["y"] = torch.zeros(1, 1 + images, dtype=torch.long, device="meta")
+    return count_forward_flops(model, x, torch.zeros(1, dtype=torch.long, device="meta"), **kwargs)

@@ -63,8 +63,9 @@ def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
     return {"mesh": init_device_mesh(device.type, (world,)),
+            # inputs are left alone: autocast (on with bf16) casts per op, and float64 rope angles stay exact
             "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                              reduce_dtype=torch.float32),
+                                              reduce_dtype=torch.float32, cast_forward_inputs=False),
             "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
 
 

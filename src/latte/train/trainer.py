@@ -173,7 +173,8 @@ class Trainer:
         self.sharded = parallelize.is_sharded(self.model)  # FSDP: state dicts are gathered by every rank
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           weight_decay=o.weight_decay, fused=self.device.type == "cuda")
+                                           weight_decay=o.weight_decay,
+                                           fused=self.device.type == "cuda" and not t.fsdp_cpu_offload)
         self.first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every loss finite so far
         self.step = 0
         self._resume()
