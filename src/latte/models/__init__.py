@@ -26,27 +26,28 @@ def build_model(config: ModelConfig | dict) -> Latte:
     return Latte(config)
 
 
-def forward_flops(model: Latte, batch: int = 1, frames: int | None = None, input_size=None,
-                  caption_tokens: int = 120) -> int:
-    """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips, counted on the meta
-    device; text models attend to `caption_tokens` caption tokens (120: Latte-1's T5 length)."""
+def forward_flops(model: Latte | ModelConfig, batch: int = 1, frames: int | None = None, input_size=None,
+                  num_images: int = 0, caption_tokens: int = 120) -> int:
+    """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips of `frames` video frames
+    plus `num_images` joint-training image frames, counted on the meta device (nothing is computed);
+    text models attend to `caption_tokens` caption tokens (120: Latte-1's T5 length), one caption per
+    frame group."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    c = model.config
+    c = model if isinstance(model, ModelConfig) else model.config
     h, w = c.latent_hw if input_size is None else ((input_size,) * 2 if isinstance(input_size, int) else input_size)
     frames = frames or c.num_frames
     with torch.device("meta"):
-        meta = Latte(c)
-    x = torch.zeros(batch, c.in_channels, frames, h, w, device="meta")
-    t = torch.zeros(batch, dtype=torch.long, device="meta")
-    kwargs = {}
-    if c.is_text:
-        kwargs["encoder_hidden_states"] = torch.zeros(batch, caption_tokens, c.caption_channels, device="meta")
-    elif c.num_classes:
-        kwargs["y"] = torch.zeros(batch, dtype=torch.long, device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        meta.eval()(x, t, **kwargs)
+        meta = Latte(c).eval()
+        x = torch.zeros(batch, c.in_channels, frames + num_images, h, w)
+        kwargs = {"num_images": num_images}
+        if c.is_text:
+            kwargs["encoder_hidden_states"] = torch.zeros(batch, 1 + num_images, caption_tokens, c.caption_channels)
+        elif c.num_classes:
+            kwargs["y"] = torch.zeros(batch, 1 + num_images, dtype=torch.long)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            meta(x, torch.zeros(batch, dtype=torch.long), **kwargs)
     return counter.get_total_flops()
 
 

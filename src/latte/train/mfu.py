@@ -32,32 +32,11 @@ def utilisation(forward_flops_per_clip: float, clips_per_s: float, peak: float) 
     return 3.0 * forward_flops_per_clip * clips_per_s / peak
 
 
-def count_forward_flops(model: torch.nn.Module, *args, **kwargs) -> int:
-    """FLOPs (2 x multiply-adds, attention included) of one forward call, counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(*args, **kwargs)
-    return counter.get_total_flops()
-
-
 def train_flops_per_clip(trainer) -> int:
     """Forward FLOPs of one training clip (video frames, joint-training images, label or caption), counted
-    on a meta-device copy of the trainer's model: nothing is computed or allocated."""
-    from latte.models import build_model
+    on the meta device: nothing is computed or allocated."""
+    from latte.models import forward_flops
 
-    c, images = trainer.model_config, trainer.config.data.images_per_clip
-    text = trainer.text_encoder is not None
-    with torch.device("meta"):
-        model = build_model(c).eval()
-        hw = tuple(c.latent_hw)
-        x = torch.zeros(1, c.in_channels, c.num_frames + images, *hw)
-        kwargs = {"num_images": images}
-        if text:
-            length = trainer.text_encoder.max_length
-            kwargs["encoder_hidden_states"] = torch.zeros(1, 1 + images, length, c.caption_channels)
-            kwargs["encoder_attention_mask"] = torch.ones(1, 1 + images, length, dtype=torch.long)
-        elif c.num_classes:
-            kwargs["y"] = torch.zeros(1, 1 + images, dtype=torch.long)
-        return count_forward_flops(model, x, torch.zeros(1, dtype=torch.long), **kwargs)
+    text = trainer.text_encoder
+    return forward_flops(trainer.model_config, num_images=trainer.config.data.images_per_clip,
+                         caption_tokens=text.max_length if text is not None else 0)

@@ -44,10 +44,10 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.forward = types.MethodType(_checkpointed_forward, block)
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
     """Regional compile: `nn.Module.compile` works in place (names and state_dict keys unchanged)."""
     for block in model.blocks:
-        block.compile()
+        block.compile(backend=backend)
 
 
 def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool) -> dict:
@@ -55,8 +55,9 @@ def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
     return {"mesh": init_device_mesh(device.type, (world,)),
+            # inputs are left alone: autocast (on with bf16) casts per op, and float64 rope angles stay exact
             "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                              reduce_dtype=torch.float32),
+                                              reduce_dtype=torch.float32, cast_forward_inputs=False),
             "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
 
 
@@ -77,6 +78,9 @@ def parallelize(model: nn.Module, ema: nn.Module, train, device: torch.device, d
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
+    for module in (model, ema):  # each rank initialised its own copy: shard rank 0's (DDP broadcasts it itself)
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
     options = _fsdp_kwargs(device, dist.world, bf16, train.fsdp_cpu_offload)
     for block in model.blocks:
         fully_shard(block, **options)

@@ -95,7 +95,10 @@ def set_rng_state(state: dict, noise: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    noise.set_state(state["noise"])
+    if state["noise"].numel() == noise.get_state().numel():
+        noise.set_state(state["noise"])
+    else:  # a CUDA run's checkpoint from before the draws moved to the device (a CPU generator's state)
+        noise.manual_seed(int(state["noise"].long().sum()))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -157,7 +160,8 @@ class Trainer:
         self.sharded = parallelize.is_sharded(self.model)  # FSDP: state dicts are gathered by every rank
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           weight_decay=o.weight_decay, fused=self.device.type == "cuda")
+                                           weight_decay=o.weight_decay,
+                                           fused=self.device.type == "cuda" and not t.fsdp_cpu_offload)
         self.first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every loss finite so far
         self.step = 0
         self._resume()
