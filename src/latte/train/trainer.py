@@ -7,7 +7,6 @@ with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -20,10 +19,9 @@ from tqdm import tqdm
 
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
-from latte.models import (Latte, LatteT2V, ModelConfig, T2VConfig, build_model, init_from_dit, init_from_pixart,
-                          model_config)
-from latte.models.text import build_t2v_model, t2v_config
-from latte.train import distributed
+from latte.models import Latte, LatteT2V, ModelConfig, T2VConfig, init_from_dit, init_from_pixart, model_config
+from latte.models.text import t2v_config
+from latte.train import distributed, finetune
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
 
@@ -149,21 +147,23 @@ class Trainer:
             self.empty_text = self._cached_text_check(first)
             self.num_classes = 0
             self.model_config = make_t2v_config(config, probe, self.text_encoder.width)
-            self.model: Latte | LatteT2V = build_t2v_model(self.model_config).to(self.device)
         else:
             self.num_classes = dataset_num_classes(self.dataset)
             self.model_config = make_model_config(config, probe, self.num_classes)
-            self.model = build_model(self.model_config).to(self.device)
+        # a fresh model, or model.init_from's (architecture and weights) once checked against the data
+        self.model_config, model, source = finetune.build_model(config, self.model_config, self.log)
+        self.model: Latte | LatteT2V = model.to(self.device)
         if config.model.init_from_dit:
             report = init_from_dit(self.model, config.model.init_from_dit)
             self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
         if config.model.init_from_pixart:
             report = init_from_pixart(self.model, config.model.init_from_pixart)
             self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
+        self.ema = self.tuning.make_ema(self.model)  # only trained parameters are averaged
         self.diffusion = make_diffusion(config, self.model_config.learn_sigma)
         o = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+        self.optimizer = torch.optim.AdamW(self.tuning.parameters(self.model), lr=o.lr, betas=(o.beta1, o.beta2),
                                            weight_decay=o.weight_decay)
         self.step = 0
         self._resume()
@@ -228,7 +228,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.tuning.weights(self.model), "ema": self.tuning.weights(self.ema),
+                "optimizer": self.optimizer.state_dict(), **self.tuning.checkpoint_extra(),
                 "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
                 "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
                 "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
@@ -242,8 +243,9 @@ class Trainer:
         if diffs:
             raise LatteError(f"{self.output} holds a run of another config ({'; '.join(diffs[:3])}); "
                              "use another --output-dir or the same settings")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        self.tuning.check_resume(state)
+        self.tuning.load_weights(self.model, state["model"])
+        self.tuning.load_weights(self.ema, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         set_rng_state(state["rng"], self.noise)
@@ -343,7 +345,7 @@ class Trainer:
         decay = self.config.train.ema_decay
         if self.config.train.ema_warmup:  # the first steps' weights (near the zero init) fade out quickly
             decay = min(decay, (1 + self.step) / (10 + self.step))
-        for ema, param in zip(self.ema.parameters(), self.model.parameters()):
+        for ema, param in self.tuning.ema_pairs:
             ema.lerp_(param.detach(), 1.0 - decay)
 
     # -- the loop -------------------------------------------------------------------------------
