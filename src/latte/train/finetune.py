@@ -166,25 +166,41 @@ def temporal_parameters(model: nn.Module) -> list[str]:
     return names
 
 
+def apply_trainable(model: nn.Module, section) -> dict | None:
+    """Freeze what model.trainable leaves out (LoRA: inject the adapters); returns the LoRA settings or None."""
+    from latte.train import lora
+
+    if section.trainable == "lora":
+        settings = lora.settings(model, section)
+        lora.add_adapters(model, settings)
+        return settings
+    if section.trainable == "temporal":
+        keep = set(temporal_parameters(model))
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in keep)
+    return None
+
+
+def make_ema(model: nn.Module) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """EMA copy of the model whose frozen parameters are the model's own tensors (never copied), and
+    the (ema, trained) parameter pairs the EMA update walks."""
+    shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+    ema = copy.deepcopy(model, memo=shared).requires_grad_(False).eval()
+    own = dict(model.named_parameters())
+    return ema, [(p, own[n]) for n, p in ema.named_parameters() if own[n].requires_grad]
+
+
 class Tuning:
     """Applies model.trainable to a model, and saves/loads what a checkpoint of such a run holds."""
 
     def __init__(self, section, model: nn.Module, source: Source | None, log=print):
-        from latte.train import lora
-
         self.mode = section.trainable
         self.base = None
-        self.lora = None
         if self.mode == "lora":
             if source is None:
                 raise LatteError("model.lora_rank needs model.init_from: LoRA adapts an existing model")
             self.base = {"kind": source.kind, "path": str(source.path), "sha256": source_digest(source.path)}
-            self.lora = lora.settings(model, section)
-            lora.add_adapters(model, self.lora)
-        elif self.mode == "temporal":
-            keep = set(temporal_parameters(model))
-            for name, param in model.named_parameters():
-                param.requires_grad_(name in keep)
+        self.lora = apply_trainable(model, section)
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         if self.mode != "all":
@@ -197,12 +213,7 @@ class Tuning:
         return [p for p in model.parameters() if p.requires_grad]
 
     def make_ema(self, model: nn.Module) -> nn.Module:
-        """EMA copy of the model whose frozen parameters are the model's own tensors (never copied),
-        and the (ema, trained) parameter pairs the EMA update walks."""
-        shared = {id(p): p for p in model.parameters() if not p.requires_grad}
-        ema = copy.deepcopy(model, memo=shared).requires_grad_(False).eval()
-        own, trained = dict(model.named_parameters()), set(self.names)
-        self.ema_pairs = [(p, own[n]) for n, p in ema.named_parameters() if n in trained]
+        ema, self.ema_pairs = make_ema(model)
         return ema
 
     def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
