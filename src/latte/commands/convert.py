@@ -5,6 +5,8 @@
     latte convert --from diffusers --to latte /models/Latte-1/transformer latte1.pt
     latte convert --from latte --to diffusers runs/t2v t2v-diffusers/
     latte convert --from pixart --to latte /models/PixArt-XL-2-512x512/transformer t2v-init.pt
+    latte convert --from latte --to latte --merge-lora runs/lora merged.pt
+    latte convert --from latte --to diffusers --merge-lora runs/t2v-lora merged/   (+ merged-lora/: peft adapter)
 
 A `latte` file is a checkpoint that `latte sample --checkpoint` reads (weights as EMA and model,
 the model config, and a run config with the VAE to decode with).
@@ -36,6 +38,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=0, help="classes of the target model (--from dit)")
     parser.add_argument("--input-size", type=int, default=32, help="latent size of the target model (--from dit)")
     parser.add_argument("--t2v-model", default="Latte-1", help="text-to-video size initialised by --from pixart")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="--from latte of a LoRA run: fold the adapters into the base weights (verified by sha256)")
+    parser.add_argument("--adapter-dir", default=None,
+                        help="with --merge-lora --to diffusers: where the adapter alone goes in peft's format "
+                             "(default: OUTPUT-lora)")
     return parser
 
 
@@ -55,7 +62,6 @@ def latte_file(model, path: Path, vae: str, note: str) -> None:
 
 def run(args) -> int:
     from latte import models
-
     from latte.files import check_output_file, make_folder
 
     source, target, output = args.source, args.target, Path(args.output)
@@ -63,6 +69,8 @@ def run(args) -> int:
         check_output_file(output, "output")
     else:
         make_folder(output.parent, "the folder of output")
+    if source == "latte" and _lora_run(args):
+        return merge_lora_run(args)
     report = None
     if source == "official":
         try:
@@ -100,3 +108,49 @@ def run(args) -> int:
     print(f"wrote {output} ({model.num_parameters():,} parameters)")
     return 0
 
+
+
+def _lora_run(args) -> bool:
+    """Whether --input is a LoRA run; --merge-lora is required for one and refused for any other."""
+    from latte.train.checkpoint import load_checkpoint
+
+    is_lora = "base" in load_checkpoint(args.input)
+    if is_lora and not args.merge_lora:
+        raise LatteError(f"{args.input} is a LoRA run (adapters over a base model): pass --merge-lora")
+    if args.merge_lora and not is_lora:
+        raise LatteError(f"--merge-lora: {args.input} is not a LoRA run (its checkpoint holds full weights)")
+    return is_lora
+
+
+def merge_lora_run(args) -> int:
+    """A LoRA run with its adapters merged: a full latte checkpoint (model and EMA weights, the run's
+    config without the LoRA keys), or a diffusers folder plus the adapter alone in peft's format."""
+    from latte.train import lora
+    from latte.train.checkpoint import atomic_save, load_checkpoint
+    from latte.train.finetune import run_model
+
+    state = load_checkpoint(args.input)
+    output = Path(args.output)
+    model = run_model(state, use_ema=True)
+    if args.target == "latte":
+        config = dict(state["config"], model={**state["config"]["model"], "trainable": "all", "lora_rank": None,
+                                              "lora_alpha": None, "lora_dropout": 0.0, "lora_targets": None})
+        merged = {"model": run_model(state, use_ema=False).state_dict(), "ema": model.state_dict(),
+                  "step": state["step"], "samples_seen": state.get("samples_seen", 0), "config": config,
+                  "model_config": state["model_config"], "dataset": state.get("dataset"), "vae": state.get("vae", "none"),
+                  "converted_from": f"latte:{state['path']} merged over {state['base']['path']}"}
+        atomic_save(merged, output)
+        print(f"wrote {output} ({model.num_parameters(trainable_only=False):,} parameters, adapters merged)")
+        return 0
+    if not state["config"]["model"].get("text_encoder"):
+        raise LatteError("only text-to-video models have a diffusers layout (LatteTransformer3DModel); "
+                         "class/unconditional models convert --to latte")
+    from latte import models
+
+    adapter_dir = Path(args.adapter_dir) if args.adapter_dir else output.with_name(output.name + "-lora")
+    models.export_diffusers_transformer(model, output)
+    lora.export_peft_adapter(run_model(state, use_ema=True, merge=False), state["lora"], adapter_dir,
+                             base=state["base"]["path"])
+    print(f"wrote {output} (merged, {model.num_parameters(trainable_only=False):,} parameters) "
+          f"and {adapter_dir} (the adapter alone, peft format)")
+    return 0

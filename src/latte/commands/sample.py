@@ -52,15 +52,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def load_for_sampling(checkpoint: str, use_ema: bool = True):
     """(model, diffusion, run config, vae or None) from a training checkpoint."""
-    from latte.models import build_model
     from latte.train.checkpoint import load_checkpoint
     from latte.train.config import config_from_dict
+    from latte.train.finetune import run_model
     from latte.train.trainer import make_diffusion
 
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
-    model = build_model(state["model_config"])
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    model = run_model(state, use_ema)  # a LoRA run: its verified base with the adapters merged in
     vae_spec = state.get("vae") or "none"
     vae = None
     if vae_spec != "none":

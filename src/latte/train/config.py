@@ -43,6 +43,13 @@ class ModelSection:
     text_max_length: int | None = None  # caption tokens; None: 120 for T5, 32 for other encoders
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
     init_from_pixart: str | None = None  # diffusers PixArt-alpha transformer folder: spatial blocks start from it
+    # Fine-tuning (latte/train/finetune.py): start from a model's architecture and weights, train all or part of it.
+    init_from: str | None = None  # latte run folder or checkpoint, official Latte .pt, or diffusers LatteTransformer3DModel folder
+    trainable: str = "all"  # all | temporal (temporal blocks only) | lora (adapters only; implied by lora_rank)
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # None: the rank (adapter scale alpha / rank = 1)
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None  # comma-separated block sublayers; None: attention and MLP linears of every block
 
 
 @dataclass
@@ -283,7 +290,13 @@ MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
 
 
 def validate(config: Config) -> None:
+    from latte.train.finetune import validate_finetune
+
     validate_model(config.model)
+    validate_finetune(config.model)
+    if config.model.trainable != "all" and config.train.parallel == "fsdp":
+        raise LatteError(f"model.trainable={config.model.trainable} runs with train.parallel=ddp: FSDP shards "
+                         "whole models, and a partly frozen one gains little from it")
     if not config.data.is_moving_mnist:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):

@@ -8,7 +8,6 @@ with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import random
 import time
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.models import ModelConfig, build_model, init_from_dit, init_from_pixart, model_config
-from latte.train import distributed, mfu, parallelize
+from latte.train import distributed, finetune, mfu, parallelize
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
 
@@ -143,23 +142,27 @@ class Trainer:
         else:
             self.num_classes = dataset_num_classes(self.dataset)
         width = self.text_encoder.width if self.text_encoder else 0
-        self.model_config = make_model_config(config, probe, self.num_classes, width)
-        self.model = build_model(self.model_config).to(self.device)
+        # a fresh model, or model.init_from's (architecture and weights) once checked against the data
+        self.model_config, model, source = finetune.build_model(
+            config, make_model_config(config, probe, self.num_classes, width), self.log)
+        self.model = model.to(self.device)
         if config.model.init_from_dit:
             report = init_from_dit(self.model, config.model.init_from_dit)
             self.log(f"init from DiT {config.model.init_from_dit}: {report.summary()}")
         if config.model.init_from_pixart:
             report = init_from_pixart(self.model, config.model.init_from_pixart)
             self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
+        self.ema = self.tuning.make_ema(self.model)  # frozen parameters are shared, not copied
         self.diffusion = make_diffusion(config, self.model_config.learn_sigma).to(self.device)
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
         self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
                                            grad_checkpointing=config.model.grad_checkpointing, bf16=mp == "bf16")
         self.sharded = parallelize.is_sharded(self.model)  # FSDP: state dicts are gathered by every rank
+        self.ema_pairs = finetune.ema_pairs(self.model, self.ema)  # after FSDP, which replaces parameters
         o = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+        self.optimizer = torch.optim.AdamW(self.tuning.parameters(self.model), lr=o.lr, betas=(o.beta1, o.beta2),
                                            weight_decay=o.weight_decay,
                                            fused=self.device.type == "cuda" and not t.fsdp_cpu_offload)
         self.first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every loss finite so far
@@ -221,8 +224,9 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"model": parallelize.model_state(self.model), "ema": parallelize.model_state(self.ema),
-                "optimizer": parallelize.optimizer_state(self.model, self.optimizer),
+        return {"model": self.tuning.select(parallelize.model_state(self.model)),
+                "ema": self.tuning.select(parallelize.model_state(self.ema)),
+                "optimizer": parallelize.optimizer_state(self.model, self.optimizer), **self.tuning.checkpoint_extra(),
                 "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
                 "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
                 "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
@@ -236,8 +240,9 @@ class Trainer:
         if diffs:
             raise LatteError(f"{self.output} holds a run of another config ({'; '.join(diffs[:3])}); "
                              "use another --output-dir or the same settings")
-        parallelize.load_model_state(self.model, state["model"])
-        parallelize.load_model_state(self.ema, state["ema"])
+        self.tuning.check_resume(state)
+        self.tuning.load_weights(self.model, state["model"], parallelize.load_model_state)
+        self.tuning.load_weights(self.ema, state["ema"], parallelize.load_model_state)
         parallelize.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step = int(state["step"])
         set_rng_state(state["rng"], self.noise)
@@ -363,9 +368,9 @@ class Trainer:
         decay = self.config.train.ema_decay
         if self.config.train.ema_warmup:  # the first steps' weights (near the zero init) fade out quickly
             decay = min(decay, (1 + self.step) / (10 + self.step))
-        # one fused kernel over all tensors (this rank's shards under FSDP)
-        torch._foreach_lerp_(parallelize.local(self.ema.parameters()), parallelize.local(self.model.parameters()),
-                             1.0 - decay)
+        # one fused kernel over the trained tensors (this rank's shards under FSDP)
+        ema, trained = zip(*self.ema_pairs)
+        torch._foreach_lerp_(parallelize.local(ema), parallelize.local(trained), 1.0 - decay)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, on_sample=None) -> Path | None:
