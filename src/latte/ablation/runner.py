@@ -119,7 +119,6 @@ def one_line_error(exc: BaseException) -> str:
 def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> dict:
     """Train and evaluate one (option, seed) run, or skip it when finished earlier; never raises for a
     failing run (its record says failed, with the error)."""
-    from latte.train import distributed
     from latte.train.trainer import Trainer, describe
 
     run_dir = plan.run_dir(option, seed_index)
@@ -137,30 +136,27 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
             return {**prior, "evals": read_evals(run_dir)}
         start = time.perf_counter()
         trainer = Trainer(config, log=lambda *_: None)
-        try:
-            if main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-                log(f"{label} {describe(trainer)}")
-            evaluator = Evaluator(trainer, plan.eval)
-            done = {r["step"] for r in read_evals(run_dir)}
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+            log(f"{label} {describe(trainer)}")
+        evaluator = Evaluator(trainer, plan.eval)
+        done = {r["step"] for r in read_evals(run_dir)}
 
-            def evaluate(tr) -> None:
-                if tr.step in done:
-                    return
-                result = evaluator(tr)
-                with open(run_dir / EVALS_FILE, "a") as handle:
-                    handle.write(json.dumps(result) + "\n")
-                done.add(tr.step)
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if not k.startswith(("real", "class")))
-                log(f"{label} step {tr.step}: {shown or 'no metric'} ({result['seconds']:.0f} s)")
+        def evaluate(tr) -> None:
+            if tr.step in done:
+                return
+            result = evaluator(tr)
+            with open(run_dir / EVALS_FILE, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            done.add(tr.step)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if not k.startswith(("real", "class")))
+            log(f"{label} step {tr.step}: {shown or 'no metric'} ({result['seconds']:.0f} s)")
 
-            trainer.fit(on_sample=evaluate)
-            if main:
-                evaluate(trainer)  # the final step (fit evaluates only the steps before it)
-                record.update(run_measurements(trainer, run_dir))
-        finally:
-            distributed.teardown(trainer.dist)
+        trainer.fit(on_sample=evaluate)
+        if main:
+            evaluate(trainer)  # the final step (fit evaluates only the steps before it)
+            record.update(run_measurements(trainer, run_dir))
         record.update(status="done", seconds=time.perf_counter() - start)
     except KeyboardInterrupt:
         raise
@@ -176,10 +172,16 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
 
 def run_study(plan: StudyPlan, log=print, on_progress=None) -> list[dict]:
     """Every option x seed in order; `on_progress(results)` after each run (the report is rewritten)."""
+    import torch.distributed
+
     results = []
-    for option in plan.study.options:
-        for seed_index in range(plan.seeds):
-            results.append(run_option(plan, option, seed_index, log))
-            if on_progress is not None and is_main_process():
-                on_progress(results)
+    try:
+        for option in plan.study.options:
+            for seed_index in range(plan.seeds):
+                results.append(run_option(plan, option, seed_index, log))
+                if on_progress is not None and is_main_process():
+                    on_progress(results)
+    finally:  # under torchrun the runs share one process group (joined again per run, it can hang)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return results
