@@ -85,3 +85,14 @@ def test_built_in_studies_need_their_inputs(tmp_path, capsys):
     assert "give --dit FILE" in capsys.readouterr().err
     assert main(["ablate", "--study", "size", "--sizes", "32x2,64x2", "--preset", "tiny-test", "--dry-run"]) == 0
     assert "64x2: model.hidden_size=64 model.depth=2 model.num_heads=4" in capsys.readouterr().out
+
+
+def test_reading_calls_options_apart_only_beyond_the_seed_spread():
+    from latte.ablation.report import reading
+
+    summary = {"a": {"metrics": {"fvd": (100.0, 5.0, 2)}}, "b": {"metrics": {"fvd": (120.0, 5.0, 2)}},
+               "c": {"metrics": {"fvd": (125.0, 4.0, 2), "digit_accuracy": (0.5, None, 1)}},
+               "d": {"metrics": {"digit_accuracy": (0.7, None, 1)}}}
+    lines = reading(summary)
+    assert lines[0] == "- FVD (lower is better): a (100.0) > b (120.0) ≈ c (125.0)"
+    assert lines[1] == "- digit accuracy (higher is better): d (0.7) ? c (0.5)"

@@ -161,12 +161,12 @@ def figure(plan: StudyPlan, summary: dict[str, dict], path: Path) -> Path:
     return draw(path, f"latte ablate --study {plan.study.name}", panels)
 
 
-def write_outputs(plan: StudyPlan, results: list[dict]) -> tuple[Path, Path, Path]:
-    """report.md, results.jsonl and <study>.png under plan.output, each written atomically."""
+def write_outputs(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tuple[Path, Path, Path | None]:
+    """report.md, results.jsonl and (with_figure) <study>.png under plan.output, each written atomically."""
     plan.output.mkdir(parents=True, exist_ok=True)
     summary = summarise(plan, results)
     report = plan.output / "report.md"
     atomic_write_text(report, markdown(plan, summary, results))
     records = plan.output / "results.jsonl"
     atomic_write_text(records, "".join(json.dumps(r) + "\n" for r in results))
-    return report, records, figure(plan, summary, plan.output / f"{plan.study.name}.png")
+    return report, records, figure(plan, summary, plan.output / f"{plan.study.name}.png") if with_figure else None

@@ -95,7 +95,8 @@ def run(args) -> int:
     from latte.ablation.report import write_outputs
     from latte.ablation.runner import is_main_process, run_study
 
-    results = run_study(plan, on_progress=lambda done: write_outputs(plan, done))
+    # after each run: the report and records (the figure, slower to draw, once at the end)
+    results = run_study(plan, on_progress=lambda done: write_outputs(plan, done, with_figure=False))
     failed = [r for r in results if r.get("status") != "done"]
     if is_main_process():
         report, records, png = write_outputs(plan, results)
