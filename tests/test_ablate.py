@@ -96,3 +96,33 @@ def test_reading_calls_options_apart_only_beyond_the_seed_spread():
     lines = reading(summary)
     assert lines[0] == "- FVD (lower is better): a (100.0) > b (120.0) ≈ c (125.0)"
     assert lines[1] == "- digit accuracy (higher is better): d (0.7) ? c (0.5)"
+
+
+def test_frame_fid_along_training_with_cached_real_statistics(tmp_path, monkeypatch, capsys):
+    """The Fréchet path end to end, with a small TorchScript network standing in for Inception-v3
+    (same interface: (N, 3, 299, 299) -> (N, 2048)), so it runs in seconds on CPU."""
+    import math
+
+    import torch
+
+    class PoolFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3 * 8 * 8, 2048)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1))
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pt"
+    torch.jit.script(PoolFeatures()).save(str(weights))
+    monkeypatch.setenv("LATTE_INCEPTION_WEIGHTS", str(weights))
+    args = ["ablate", "--options", "model.temporal_pos=rope", "--preset", "tiny-test", "--eval-clips", "3",
+            "--eval-steps", "2", "--max-steps", "1", "--metrics", "fid", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    runs = results_of(tmp_path / "model.temporal_pos")
+    fid = runs[0]["evals"][-1]["metrics"]["fid"]
+    assert math.isfinite(fid) and fid > 0
+    assert "| clips/s | frame FID | final train loss |" in (tmp_path / "model.temporal_pos" / "report.md").read_text()
+    assert capsys.readouterr().out.count("real features (fid): 3 clips") == 1
+    assert len(list((tmp_path / "cache" / "stats").glob("fid-*.npz"))) == 1  # what the next run of the study reads
