@@ -27,6 +27,7 @@ def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path
     report = (study / "report.md").read_text()
     assert "| `adaln` |" in report and "| `tokens` |" in report
     assert "S-AdaLN better" in report  # the paper's finding beside the rows
+    assert "| digit accuracy | clip agreement | motion error px |" in report
     # 4-frame clips: FVD cannot be computed, and the report says why instead of failing
     assert "- FVD: I3D needs clips of at least 9 frames, this run's have 4" in report
     assert (study / "conditioning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -35,7 +36,7 @@ def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path
     for run in runs:
         assert [e["step"] for e in run["evals"]] == [1, 2]
         final = run["evals"][-1]["metrics"]
-        assert 0.0 <= final["digit_accuracy"] <= 1.0 and final["jitter_px"] >= 0.0
+        assert 0.0 <= final["digit_accuracy"] <= 1.0 and final["step_px"] >= 0.0 and final["real_step_px"] > 0.0
         assert run["parameters"] > 0 and run["gflops_per_clip"] > 0 and run["clips_per_s"] > 0
     assert runs[0]["parameters"] != runs[1]["parameters"]  # tokens conditioning has no adaLN layers
     checkpoint = study / "adaln-seed0" / "checkpoints"

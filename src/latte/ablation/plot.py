@@ -40,6 +40,8 @@ def draw(path: Path, title: str, panels: list[tuple[str, dict[str, list[dict[int
             if len(seeds) > 1:
                 ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step],
                                 color=line.get_color(), alpha=0.18, linewidth=0)
+        if ylabel.startswith("train loss"):
+            ax.set_yscale("log")  # the first steps' loss is tens of times the rest
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -21,14 +21,23 @@ METRICS = {
     "fid": ("frame FID", False),
     "digit_accuracy": ("digit accuracy", True),
     "clip_agreement": ("clip agreement", True),
-    "jitter_px": ("motion jitter px", False),
+    "motion_error_px": ("motion error px", False),
     "final_loss": ("final train loss", False),
 }
 
 
+def with_derived(metrics: dict) -> dict:
+    """An evaluation's metrics plus motion error: |sampled - real| mean centroid step in px (sampled
+    clips should move as much as real ones; jitter alone is no score, real clips bounce)."""
+    out = dict(metrics)
+    if "step_px" in out and "real_step_px" in out:
+        out["motion_error_px"] = abs(out["step_px"] - out["real_step_px"])
+    return out
+
+
 def final_values(run: dict) -> dict[str, float]:
     """The last evaluation's metrics of a finished run, plus its final training loss."""
-    values = dict(run["evals"][-1]["metrics"]) if run.get("evals") else {}
+    values = with_derived(run["evals"][-1]["metrics"]) if run.get("evals") else {}
     if run.get("final_loss") is not None:
         values["final_loss"] = run["final_loss"]
     return values
@@ -141,8 +150,8 @@ def markdown(plan: StudyPlan, summary: dict[str, dict], results: list[dict]) -> 
 def figure(plan: StudyPlan, summary: dict[str, dict], path: Path) -> Path:
     panels = []
     for metric in [m for m in METRICS if m != "final_loss"]:
-        series = {name: [{int(ev["step"]): ev["metrics"][metric] for ev in r["evals"] if metric in ev["metrics"]}
-                         for r in s["runs"]] for name, s in summary.items()}
+        series = {name: [{int(ev["step"]): with_derived(ev["metrics"])[metric] for ev in r["evals"]
+                          if metric in with_derived(ev["metrics"])} for r in s["runs"]] for name, s in summary.items()}
         if any(seed for seeds in series.values() for seed in seeds):
             panels.append((METRICS[metric][0], series))
     losses = {}
