@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from latte.ablation.evaluation import EvalSettings, Evaluator
@@ -37,7 +37,7 @@ class StudyPlan:
     seeds: int = 1
     max_steps: int | None = None
     eval_every: int | None = None  # None: a quarter of the run
-    eval: EvalSettings = None
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def run_dir(self, option: Option, seed_index: int) -> Path:
         return self.output / f"{option.name}-seed{seed_index}"
