@@ -4,7 +4,7 @@
 
 Prompts are every digit with every compass direction of the captioned data ("the digit 7 moves to
 the upper left"): 10 x 8 = 80 prompts, each sampled --per-prompt times. Each sampled clip is read by
-- the small CNN digit classifier of moving_mnist_quality.py (trained here on real frames): the clip
+- the small CNN digit classifier of latte.metrics.mnist (trained here on real frames): the clip
   shows the asked digit when the majority of its frames are classified as it;
 - centroid tracking: the clip moves the asked way when its brightness centroid's displacement from
   the first to the last frame snaps to the asked compass direction, by the same rule that wrote the
@@ -26,8 +26,8 @@ import torch
 
 from latte.commands.sample import load_for_sampling, text_encoder_for
 from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, caption_of, direction_of
+from latte.metrics.mnist import centroids, train_classifier
 from latte.sampling import SampleRequest, generate
-from moving_mnist_quality import centroids, train_classifier
 
 
 def directions(videos: torch.Tensor) -> list[str]:

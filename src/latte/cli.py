@@ -23,6 +23,7 @@ COMMANDS = {
     "encode": "latte.commands.encode",
     "eval": "latte.commands.eval",
     "convert": "latte.commands.convert",
+    "ablate": "latte.commands.ablate",
 }
 
 

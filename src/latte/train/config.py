@@ -301,7 +301,13 @@ def validate(config: Config) -> None:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
+    from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
+
     choices = {
+        ("model", "variant"): VARIANTS,
+        ("model", "patch_embed"): PATCH_EMBEDS,
+        ("model", "conditioning"): tuple(c for c in CONDITIONINGS if c != "adaln-single"),  # text models: by name
+        ("model", "temporal_pos"): TEMPORAL_POSITIONS,
         ("diffusion", "prediction"): ("epsilon", "v", "x0"),
         ("diffusion", "loss_weighting"): ("none", "min-snr"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
@@ -312,7 +318,7 @@ def validate(config: Config) -> None:
     for (section, key), valid in choices.items():
         value = getattr(getattr(config, section), key)
         if value not in valid:
-            raise LatteError(f"{section}.{key} must be one of {', '.join(valid)}, got {value!r}")
+            raise LatteError(f"{section}.{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
     for (section, key), (low, high, low_open, high_open) in RANGES.items():
         check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
     if config.train.batch_size % config.train.grad_accum:

@@ -1,0 +1,139 @@
+"""The paper's design study as named option lists (Latte, arXiv 2401.03048, Sec. 4.3 and Fig. 5/6).
+
+A study is a list of options; an option is a list of `--set SECTION.KEY=VALUE` overrides applied
+on top of the user's config. Each option runs as an ordinary `latte train` run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from latte.errors import LatteError
+from latte.train.config import Config
+
+STUDIES = ("variant", "patch-embed", "conditioning", "temporal-pos", "init", "joint", "size")
+NAMED_SIZES = ("S", "B", "L", "XL")
+
+
+@dataclass
+class Option:
+    name: str  # folder-safe label: runs live in <study>/<name>-seed<k>
+    overrides: list[str]
+    finding: str = ""  # what the paper reports for this option
+
+
+@dataclass
+class Study:
+    name: str
+    options: list[Option]
+    finding: str  # the paper's overall finding, for the report
+    notes: list[str] = field(default_factory=list)
+
+
+def _folder_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "option"
+
+
+def config_key(key: str) -> tuple[str, str]:
+    """`section.name` of a Config field, or a one-line LatteError naming the valid ones."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    section, _, name = key.partition(".")
+    if section not in sections or not name:
+        raise LatteError(f"--options: unknown config key {key!r}; keys are SECTION.NAME with SECTION one of "
+                         f"{', '.join(sections)}")
+    names = [f.name for f in dataclasses.fields(getattr(Config(), section))]
+    if name not in names:
+        raise LatteError(f"--options: unknown config key {key!r}; {section} keys: {', '.join(names)}")
+    return section, name
+
+
+def custom_study(spec: str, name: str | None = None) -> Study:
+    """--options KEY=V1,V2,...: one option per value of any config key."""
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise LatteError(f"--options expects SECTION.KEY=V1,V2,..., got {spec!r}")
+    config_key(key)
+    choices = [v.strip() for v in values.split(",") if v.strip()]
+    if len(choices) < 1:
+        raise LatteError(f"--options {spec!r}: give at least one value after '='")
+    if len(set(choices)) != len(choices):
+        raise LatteError(f"--options {spec!r}: a value is repeated")
+    options = [Option(_folder_name(f"{key.split('.', 1)[1]}-{v}"), [f"{key}={v}"]) for v in choices]
+    return Study(name or _folder_name(key), options, "none: a custom study")
+
+
+def size_options(spec: str | None, config: Config) -> list[Option]:
+    """Named registry sizes (S,B,L,XL at the config's patch size) or WIDTHxDEPTH pairs that keep the
+    config's head size (CPU-sized studies)."""
+    from latte.models.config import SIZES, parse_model_name
+
+    items = [s.strip() for s in (spec or ",".join(NAMED_SIZES)).split(",") if s.strip()]
+    m = config.model
+    try:
+        size_name, name_patch = parse_model_name(m.name)
+    except LatteError:
+        raise LatteError(f"the size study takes registry models (model.name Latte-SIZE/P), not {m.name}") from None
+    patch = m.patch_size or name_patch
+    _, base_width, base_heads = SIZES[size_name]
+    head_dim = (m.hidden_size or base_width) // (m.num_heads or base_heads)
+    options = []
+    for item in items:
+        if item.upper() in SIZES:
+            size = item.upper()
+            options.append(Option(size, [f"model.name=Latte-{size}/{patch}", "model.hidden_size=null", "model.depth=null",
+                                         "model.num_heads=null", f"model.patch_size={patch}"]))
+            continue
+        match = re.fullmatch(r"(\d+)x(\d+)", item.lower())
+        if not match:
+            raise LatteError(f"--sizes: {item!r} is neither a named size ({', '.join(SIZES)}) nor WIDTHxDEPTH")
+        width, depth = int(match.group(1)), int(match.group(2))
+        if width % head_dim:
+            raise LatteError(f"--sizes {item}: width {width} is not a multiple of the head size {head_dim}")
+        options.append(Option(f"{width}x{depth}", [f"model.hidden_size={width}", f"model.depth={depth}",
+                                                  f"model.num_heads={width // head_dim}"]))
+    if len(options) < 2:
+        raise LatteError("the size study needs at least two sizes (--sizes S,B or 64x4,128x4)")
+    by_params = "larger models later in the list should do better"
+    for option in options:
+        option.finding = by_params
+    return options
+
+
+def build_study(name: str, config: Config, dit: str | None = None, images: int = 8, sizes: str | None = None) -> Study:
+    """The named study's options for this config (--dit: the DiT state dict of `init`; --images: N of `joint`)."""
+    if name == "variant":
+        findings = {1: "best FVD", 2: "close to variant 1", 3: "close to variant 1",
+                    4: "worst FVD; fewest FLOPs at equal parameters"}
+        options = [Option(f"v{v}", [f"model.variant={v}"], findings[v]) for v in (1, 2, 3, 4)]
+        return Study(name, options, "variant 1 (interleaved spatial/temporal blocks) best, variant 4 worst",
+                     notes=["Variants 3 and 4 follow latte.models as it is now; their sizes may change (see "
+                            "docs/ablations.md), so rerun the study after such a change."])
+    if name == "patch-embed":
+        return Study(name, [Option("frame", ["model.patch_embed=frame"], "better"),
+                            Option("tubelet", ["model.patch_embed=tubelet"], "worse")],
+                     "uniform frame patches better than compression-frame (tubelet) patches")
+    if name == "conditioning":
+        return Study(name, [Option("adaln", ["model.conditioning=adaln"], "better"),
+                            Option("tokens", ["model.conditioning=tokens"], "worse")],
+                     "S-AdaLN better than timestep/class as extra tokens")
+    if name == "temporal-pos":
+        return Study(name, [Option("absolute", ["model.temporal_pos=absolute"], "about equal"),
+                            Option("rope", ["model.temporal_pos=rope"], "about equal")],
+                     "absolute sin-cos and RoPE about equal")
+    if name == "init":
+        if not dit:
+            raise LatteError("the init study compares random init with an ImageNet DiT: give --dit FILE")
+        return Study(name, [Option("scratch", ["model.init_from_dit=null"], "slower early, better later (FaceForensics)"),
+                            Option("dit", [f"model.init_from_dit={dit}"], "faster early, worse later (FaceForensics)")],
+                     "DiT initialisation faster at first, random initialisation better later on FaceForensics")
+    if name == "joint":
+        if images < 1:
+            raise LatteError(f"--images must be >= 1 for the joint study, got {images}")
+        return Study(name, [Option("video-only", ["data.images_per_clip=0"], "worse"),
+                            Option(f"joint-{images}", [f"data.images_per_clip={images}"], "clearly better FVD and FID")],
+                     "image-video joint training clearly better")
+    if name == "size":
+        return Study(name, size_options(sizes, config), "bigger is better (S < B < L < XL)")
+    raise LatteError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}, or give --options KEY=V1,V2")

@@ -1,0 +1,120 @@
+"""Moving MNIST readings of generated clips: a small digit classifier and centroid motion.
+
+Used by benchmarks/moving_mnist_quality.py and by `latte ablate`:
+- the classifier (a small CNN) is trained on frames of real Moving MNIST clips (train digit pool),
+  its accuracy measured on the disjoint test pool; it reads every frame of class-conditional samples;
+- frame accuracy: fraction of sampled frames classified as the requested digit (chance 10%);
+- clip agreement: fraction of clips whose frames' majority class is the requested one;
+- motion: mean frame-to-frame centroid step in pixels and its jitter (median norm of the second
+  difference; constant-velocity motion has jitter near 0, bounces aside).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latte.data.moving_mnist import MovingMNIST
+
+CLASSIFIER_FORMAT = 1  # bump when the network or its training changes, so cached classifiers are retrained
+
+
+def classifier() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+
+
+def frames_and_labels(dataset: MovingMNIST, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in range(count)]
+    frames = torch.cat([it["video"][0] for it in items])[:, None]  # (count*F, 1, H, W)
+    labels = torch.tensor([it["label"] for it in items]).repeat_interleave(dataset.num_frames)
+    return frames, labels
+
+
+def train_classifier(resolution: int, frames: int, seconds: float, seed: int = 0) -> tuple[nn.Module, float]:
+    """(classifier, accuracy on held-out real frames) after `seconds` of training on 2 CPU cores' worth."""
+    torch.manual_seed(seed)
+    train = MovingMNIST(num_frames=frames, resolution=resolution, split="train", length=4000, seed=seed + 1)
+    held = MovingMNIST(num_frames=frames, resolution=resolution, split="test", length=200, seed=seed + 2)
+    x, y = frames_and_labels(train, len(train))
+    net = classifier()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        idx = torch.randint(0, len(x), (256,))
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hx, hy = frames_and_labels(held, len(held))
+    with torch.no_grad():
+        accuracy = (net.eval()(hx).argmax(1) == hy).float().mean().item()
+    return net, accuracy
+
+
+def cached_classifier(resolution: int, frames: int, seconds: float, cache_dir: Path, seed: int = 0
+                      ) -> tuple[nn.Module, float]:
+    """train_classifier's result, stored under cache_dir keyed by its arguments, so a study trains it once."""
+    key = {"format": CLASSIFIER_FORMAT, "resolution": resolution, "frames": frames, "seconds": seconds, "seed": seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"mnist-classifier-{digest}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            net = classifier()
+            net.load_state_dict(stored["state"])
+            return net.eval(), float(stored["accuracy"])
+        except (OSError, RuntimeError, KeyError):
+            pass  # unreadable entry: retrain and overwrite it
+    net, accuracy = train_classifier(resolution, frames, seconds, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"state": net.state_dict(), "accuracy": accuracy, "key": key}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return net.eval(), accuracy
+
+
+def centroids(videos: torch.Tensor) -> torch.Tensor:
+    """(N, 1, F, H, W) in [-1, 1] -> brightness centroids (N, F, 2)."""
+    mass = ((videos[:, 0] + 1) / 2).clamp(min=0)  # (N, F, H, W)
+    h, w = mass.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    total = mass.sum(dim=(2, 3)).clamp(min=1e-6)
+    return torch.stack([(mass * ys).sum(dim=(2, 3)) / total, (mass * xs).sum(dim=(2, 3)) / total], dim=-1)
+
+
+def motion(videos: torch.Tensor) -> tuple[float, float]:
+    """(mean centroid step px, median jitter px) of (N, 1, F, H, W) clips."""
+    c = centroids(videos)
+    steps = (c[:, 1:] - c[:, :-1]).norm(dim=-1)
+    jitter = (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
+    return steps.mean().item(), jitter.median().item()
+
+
+@torch.no_grad()
+def digit_readings(net: nn.Module, videos: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(frame accuracy, clip agreement) of (N, 1, F, H, W) clips asked for `labels` (N,)."""
+    frames = videos.shape[2]
+    predicted = net(videos[:, 0].flatten(0, 1)[:, None]).argmax(1).view(len(videos), frames)  # (N, F)
+    frame_accuracy = (predicted == labels[:, None]).float().mean().item()
+    clip_agreement = (predicted.mode(dim=1).values == labels).float().mean().item()
+    return frame_accuracy, clip_agreement
+
+
+def real_motion(frames: int, resolution: int, count: int, **mnist_kwargs) -> tuple[float, float]:
+    """motion() of `count` real test-pool clips: the reference for sampled clips."""
+    real = MovingMNIST(num_frames=frames, resolution=resolution, split="test", length=count, seed=9, **mnist_kwargs)
+    return motion(torch.stack([real[i]["video"] for i in range(len(real))]))

@@ -1,0 +1,129 @@
+"""`latte ablate`: tiny studies on the tiny-test preset (4 frames of 16 px, a few steps)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latte.cli import main
+
+FAST_EVAL = ["--preset", "tiny-test", "--eval-clips", "2", "--eval-steps", "2", "--classifier-seconds", "0.5"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATTE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def results_of(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path, capsys):
+    args = ["ablate", "--study", "conditioning", *FAST_EVAL, "--max-steps", "2", "--eval-every", "1",
+            "--metrics", "fvd,mnist", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    study = tmp_path / "conditioning"
+    report = (study / "report.md").read_text()
+    assert "| `adaln` |" in report and "| `tokens` |" in report
+    assert "S-AdaLN better" in report  # the paper's finding beside the rows
+    assert "| digit accuracy | clip agreement | motion error px |" in report
+    # 4-frame clips: FVD cannot be computed, and the report says why instead of failing
+    assert "- FVD: I3D needs clips of at least 9 frames, this run's have 4" in report
+    assert (study / "conditioning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = results_of(study)
+    assert [(r["option"], r["status"]) for r in runs] == [("adaln", "done"), ("tokens", "done")]
+    for run in runs:
+        assert [e["step"] for e in run["evals"]] == [1, 2]
+        final = run["evals"][-1]["metrics"]
+        assert 0.0 <= final["digit_accuracy"] <= 1.0 and final["step_px"] >= 0.0 and final["real_step_px"] > 0.0
+        assert run["parameters"] > 0 and run["gflops_per_clip"] > 0 and run["clips_per_s"] > 0
+    assert runs[0]["parameters"] != runs[1]["parameters"]  # tokens conditioning has no adaLN layers
+    checkpoint = study / "adaln-seed0" / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+    capsys.readouterr()
+
+    assert main(args) == 0  # finished runs are skipped, not retrained
+    out = capsys.readouterr().out
+    assert out.count("finished earlier: skipped") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == before
+
+    longer = [a if a != "2" or args[i - 1] != "--max-steps" else "3" for i, a in enumerate(args)]
+    assert main(longer) == 0  # an unfinished run (3 steps asked, 2 done) resumes from its checkpoint
+    steps = [json.loads(line)["step"] for line in (study / "adaln-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert [e["step"] for e in results_of(study)[0]["evals"]] == [1, 2, 3]
+
+
+def test_failing_option_is_reported_and_the_others_complete(tmp_path, capsys):
+    rc = main(["ablate", "--options", "model.variant=7,1", *FAST_EVAL, "--max-steps", "1", "--metrics", "fvd",
+               "--output-dir", str(tmp_path)])
+    assert rc == 1
+    study = tmp_path / "model.variant"
+    runs = {r["option"]: r for r in results_of(study)}
+    assert runs["variant-7"]["status"] == "failed" and "variant must be one of" in runs["variant-7"]["error"]
+    assert runs["variant-1"]["status"] == "done" and runs["variant-1"]["parameters"] > 0
+    report = (study / "report.md").read_text()
+    assert "Failed runs" in report and "- `variant-7` seed 0: model.variant must be one of" in report
+    assert "| `variant-1` |" in report and "1/1 done" in report
+    assert "1 of 2 run(s) failed" in capsys.readouterr().out
+
+
+def test_options_take_any_config_key_and_refuse_an_unknown_one(tmp_path, capsys):
+    assert main(["ablate", "--options", "optim.lr=1e-3,3e-3", "--preset", "tiny-test", "--dry-run",
+                 "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lr-1e-3: optim.lr=1e-3" in out and "lr-3e-3: optim.lr=3e-3" in out
+    for bad, name in (("model.nope=1,2", "'model.nope'"), ("nope=1", "'nope'")):
+        assert main(["ablate", "--options", bad, "--preset", "tiny-test", "--output-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"unknown config key {name}" in err
+    assert not (tmp_path / "model.nope").exists()
+
+
+def test_built_in_studies_need_their_inputs(tmp_path, capsys):
+    assert main(["ablate", "--study", "init", "--preset", "tiny-test", "--dry-run"]) == 2
+    assert "give --dit FILE" in capsys.readouterr().err
+    assert main(["ablate", "--study", "size", "--sizes", "32x2,64x2", "--preset", "tiny-test", "--dry-run"]) == 0
+    assert "64x2: model.hidden_size=64 model.depth=2 model.num_heads=4" in capsys.readouterr().out
+
+
+def test_reading_calls_options_apart_only_beyond_the_seed_spread():
+    from latte.ablation.report import reading
+
+    summary = {"a": {"metrics": {"fvd": (100.0, 5.0, 2)}}, "b": {"metrics": {"fvd": (120.0, 5.0, 2)}},
+               "c": {"metrics": {"fvd": (125.0, 4.0, 2), "digit_accuracy": (0.5, None, 1)}},
+               "d": {"metrics": {"digit_accuracy": (0.7, None, 1)}}}
+    lines = reading(summary)
+    assert lines[0] == "- FVD (lower is better): a (100.0) > b (120.0) ≈ c (125.0)"
+    assert lines[1] == "- digit accuracy (higher is better): d (0.7) ? c (0.5)"
+
+
+def test_frame_fid_along_training_with_cached_real_statistics(tmp_path, monkeypatch, capsys):
+    """The Fréchet path end to end, with a small TorchScript network standing in for Inception-v3
+    (same interface: (N, 3, 299, 299) -> (N, 2048)), so it runs in seconds on CPU."""
+    import math
+
+    import torch
+
+    class PoolFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3 * 8 * 8, 2048)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1))
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pt"
+    torch.jit.script(PoolFeatures()).save(str(weights))
+    monkeypatch.setenv("LATTE_INCEPTION_WEIGHTS", str(weights))
+    args = ["ablate", "--options", "model.temporal_pos=rope", "--preset", "tiny-test", "--eval-clips", "3",
+            "--eval-steps", "2", "--max-steps", "1", "--metrics", "fid", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    runs = results_of(tmp_path / "model.temporal_pos")
+    fid = runs[0]["evals"][-1]["metrics"]["fid"]
+    assert math.isfinite(fid) and fid > 0
+    assert "| clips/s | frame FID | final train loss |" in (tmp_path / "model.temporal_pos" / "report.md").read_text()
+    assert capsys.readouterr().out.count("real features (fid): 3 clips") == 1
+    assert len(list((tmp_path / "cache" / "stats").glob("fid-*.npz"))) == 1  # what the next run of the study reads
