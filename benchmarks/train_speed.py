@@ -145,10 +145,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="Latte-S/2")
     parser.add_argument("--batch", type=int, default=2, help="clips per device")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 20 on CUDA, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
     parser.add_argument("--compile", action="store_true", help="also time regionally compiled latte")
-    parser.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="the `latte train` row, under torchrun")
+    parser.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                        help="the `latte train` row, under torchrun")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on CUDA")
     parser.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: known GPUs)")
     parser.add_argument("--rows", default="eager,compiled,train,diffusers,official,official-sdpa")
@@ -160,6 +161,7 @@ def main() -> None:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
+    args.steps = args.steps or (20 if device.type == "cuda" else 5)
     args.bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     rows = args.rows.split(",")
     main_rank = int(os.environ.get("RANK", "0")) == 0
