@@ -8,7 +8,8 @@ Each mode runs in its own process, so one mode's allocations never count towards
 what `latte train` does: diffusion loss, backward, gradient clipping, AdamW over the trained parameters,
 EMA update of the trained parameters (frozen ones are shared with the EMA copy, never duplicated).
 Memory: "state" is the exact size of the training state (gradients, AdamW moments, EMA copies of the
-trained tensors); "added" is the peak during the steps minus what the process held before the first
+trained tensors); "saved" the activations autograd keeps for backward (each storage once, weights
+excluded; counted through saved_tensors_hooks); "added" is the peak during the steps minus what the process held before the first
 step (training state, activations, allocator slack); "peak" the whole process (CPU) or device (GPU):
 - CPU: resident set size; peak from getrusage(RUSAGE_SELF).ru_maxrss, baseline from /proc/self/statm.
 - GPU: torch.cuda.max_memory_allocated() minus torch.cuda.memory_allocated() before the first step.
@@ -84,9 +85,19 @@ def run_mode(args) -> dict:
     else:
         base = rss_bytes()
 
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):  # activation storages autograd keeps for backward (weights excluded), each counted once
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
     def step(keep_grads=False):
         t = torch.randint(0, 1000, (args.batch,), device=x.device)
-        with autocast:
+        saved.clear()
+        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             loss = diffusion.training_losses(model, x, t, model_kwargs=kwargs)["loss"].mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -111,7 +122,8 @@ def run_mode(args) -> dict:
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"mode": args.mode, "trained": sum(p.numel() for p in trained),
             "total": sum(p.numel() for p in model.parameters()), "step_s": wall, "cpu_s": cpu,
-            "model_gb": base / 2**30, "state_gb": state / 2**30, "added_gb": (peak - base) / 2**30,
+            "model_gb": base / 2**30, "state_gb": state / 2**30, "saved_gb": sum(saved.values()) / 2**30,
+            "added_gb": (peak - base) / 2**30,
             "peak_gb": peak / 2**30}
 
 
@@ -147,7 +159,7 @@ def main() -> None:
           f"{', bf16 autocast' if gpu else ', fp32'}, LoRA rank {args.lora_rank}, "
           f"{args.warmup} warm-up + {args.steps} timed steps per mode, each mode in its own process")
     print(f"{'mode':9} {'trained params':>16} {'step s':>8} {'cpu s':>8} {'model GB':>9} {'state GB':>9} "
-          f"{'added GB':>9} {'peak GB':>8}")
+          f"{'saved GB':>9} {'added GB':>9} {'peak GB':>8}")
     forwarded = [a for a in sys.argv[1:]]
     for mode in args.modes.split(","):
         proc = subprocess.run([sys.executable, __file__, *forwarded, "--child", mode], capture_output=True, text=True)
@@ -156,7 +168,7 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{r['mode']:9} {r['trained']:>16,} {r['step_s']:>8.2f} {r['cpu_s']:>8.2f} {r['model_gb']:>9.2f} "
-              f"{r['state_gb']:>9.3f} {r['added_gb']:>9.2f} {r['peak_gb']:>8.2f}", flush=True)
+              f"{r['state_gb']:>9.3f} {r['saved_gb']:>9.3f} {r['added_gb']:>9.2f} {r['peak_gb']:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":
