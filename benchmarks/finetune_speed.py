@@ -7,8 +7,10 @@
 Each mode runs in its own process, so one mode's allocations never count towards another's. A step is
 what `latte train` does: diffusion loss, backward, gradient clipping, AdamW over the trained parameters,
 EMA update of the trained parameters (frozen ones are shared with the EMA copy, never duplicated).
-Memory is the peak during the steps minus what the model held before the first step (so it is what
-training adds: gradients, optimizer state, EMA copies, activations):
+Memory: "state" is the exact size of the training state (gradients, AdamW moments, EMA copies of the
+trained tensors); "saved" the activations autograd keeps for backward (each storage once, weights
+excluded; counted through saved_tensors_hooks); "added" is the peak during the steps minus what the process held before the first
+step (training state, activations, allocator slack); "peak" the whole process (CPU) or device (GPU):
 - CPU: resident set size; peak from getrusage(RUSAGE_SELF).ru_maxrss, baseline from /proc/self/statm.
 - GPU: torch.cuda.max_memory_allocated() minus torch.cuda.memory_allocated() before the first step.
 Weights are random: speed and memory do not depend on their values.
@@ -72,6 +74,11 @@ def run_mode(args) -> dict:
     diffusion = GaussianDiffusion(learn_sigma=model.config.learn_sigma)
     cuda = x.is_cuda
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda)
+    # one forward/backward on a 2-frame 8x8 crop first: code loaded lazily on first use (peft's, autograd's)
+    # then counts in the baseline, not as training memory
+    with autocast:
+        model(x[:, :, :2, :8, :8], torch.zeros(args.batch, dtype=torch.long, device=x.device), **kwargs).sum().backward()
+    model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -79,14 +86,25 @@ def run_mode(args) -> dict:
     else:
         base = rss_bytes()
 
-    def step():
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):  # activation storages autograd keeps for backward (weights excluded), each counted once
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def step(keep_grads=False):
         t = torch.randint(0, 1000, (args.batch,), device=x.device)
-        with autocast:
+        saved.clear()
+        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             loss = diffusion.training_losses(model, x, t, model_kwargs=kwargs)["loss"].mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not keep_grads:
+            optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1e-4)
         if cuda:
@@ -96,13 +114,18 @@ def run_mode(args) -> dict:
     for _ in range(args.warmup):
         step()
     wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
-        step()
+    for i in range(args.steps):
+        step(keep_grads=i == args.steps - 1)
     wall, cpu = (time.perf_counter() - wall) / args.steps, (time.process_time() - cpu) / args.steps
+    # exact bytes of the training state (gradients, AdamW moments, EMA copies of the trained tensors)
+    moments = [v for slot in optimizer.state.values() for v in slot.values() if torch.is_tensor(v) and v.dim()]
+    state = sum(t.numel() * t.element_size() for t in [p.grad for p in trained] + moments + [e for e, _ in pairs])
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"mode": args.mode, "trained": sum(p.numel() for p in trained),
             "total": sum(p.numel() for p in model.parameters()), "step_s": wall, "cpu_s": cpu,
-            "model_gb": base / 2**30, "added_gb": (peak - base) / 2**30, "peak_gb": peak / 2**30}
+            "model_gb": base / 2**30, "state_gb": state / 2**30, "saved_gb": sum(saved.values()) / 2**30,
+            "added_gb": (peak - base) / 2**30,
+            "peak_gb": peak / 2**30}
 
 
 def main() -> None:
@@ -136,7 +159,8 @@ def main() -> None:
     print(f"{args.model}, {args.batch} x 4x{args.frames}x{args.size}x{args.size} latents, {args.device}"
           f"{', bf16 autocast' if gpu else ', fp32'}, LoRA rank {args.lora_rank}, "
           f"{args.warmup} warm-up + {args.steps} timed steps per mode, each mode in its own process")
-    print(f"{'mode':9} {'trained params':>16} {'step s':>8} {'cpu s':>8} {'model GB':>9} {'added GB':>9} {'peak GB':>8}")
+    print(f"{'mode':9} {'trained params':>16} {'step s':>8} {'cpu s':>8} {'model GB':>9} {'state GB':>9} "
+          f"{'saved GB':>9} {'added GB':>9} {'peak GB':>8}")
     forwarded = [a for a in sys.argv[1:]]
     for mode in args.modes.split(","):
         proc = subprocess.run([sys.executable, __file__, *forwarded, "--child", mode], capture_output=True, text=True)
@@ -145,7 +169,7 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{r['mode']:9} {r['trained']:>16,} {r['step_s']:>8.2f} {r['cpu_s']:>8.2f} {r['model_gb']:>9.2f} "
-              f"{r['added_gb']:>9.2f} {r['peak_gb']:>8.2f}", flush=True)
+              f"{r['state_gb']:>9.3f} {r['saved_gb']:>9.3f} {r['added_gb']:>9.2f} {r['peak_gb']:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,13 @@ def text_config(output, *overrides):
     return load_config("moving-mnist-text", None, [f"train.output_dir={output}", *TINY_TEXT, *overrides])
 
 
+def text_model_config():
+    """The model config the trainer gives the tiny text run: 1x4x16x16 clips, MiniLM captions (width 384)."""
+    from latte.train.trainer import make_model_config
+
+    return make_model_config(text_config("unused"), torch.zeros(1, 4, 16, 16), 0, caption_channels=384)
+
+
 def randomize(model, seed=0, std=0.05):
     """Non-zero values everywhere (fresh models have zero adaLN and output layers)."""
     gen = torch.Generator().manual_seed(seed)
@@ -103,8 +110,8 @@ def test_a_source_that_does_not_fit_the_data_is_a_one_line_error_naming_the_key(
     with pytest.raises(LatteError, match="num_frames=8.*data.num_frames gives 4") as err:
         Trainer(config(tmp_path / "run", f"model.init_from={path}"))
     assert "\n" not in str(err.value)
-    with pytest.raises(LatteError, match="text-to-video"):
-        Trainer(text_config(tmp_path / "text", f"model.init_from={path}"))
+    with pytest.raises(LatteError, match="is a class/unconditional model, this run trains a text-to-video"):
+        finetune.check_fits(load_official_checkpoint(str(path)).config, text_model_config(), str(path))
 
 
 def test_lora_trains_only_adapters_keeps_the_base_bitwise_and_changes_the_output(base_run, lora_run):
@@ -224,13 +231,12 @@ def text_lora(tmp_path_factory):
     """A diffusers LatteTransformer3DModel folder (random weights, shaped for the tiny text run) and a
     LoRA run over it."""
     root = tmp_path_factory.mktemp("text")
-    probe = Trainer(text_config(root / "probe"), log=lambda *_: None)
-    source = randomize(finetune.build_network(probe.model_config.to_dict()), std=0.1)
+    source = randomize(finetune.build_network(text_model_config().to_dict()), std=0.1)
     folder = export_diffusers_transformer(source, root / "base-diffusers")
     run = root / "lora"
     train(text_config(run, f"model.init_from={folder}", "model.lora_rank=4", "train.max_steps=2", "optim.lr=3e-2"),
           write_samples_at_end=False)
-    return folder, run, probe
+    return folder, run
 
 
 def text_inputs(model, seed=0):
@@ -241,18 +247,19 @@ def text_inputs(model, seed=0):
 
 
 def test_init_from_a_diffusers_folder_gives_its_forward(tmp_path, text_lora):
-    folder, _, _ = text_lora
-    trainer = Trainer(text_config(tmp_path, f"model.init_from={folder}"), log=lambda *_: None)
+    folder, _ = text_lora
+    run = text_config(tmp_path, f"model.init_from={folder}")
+    _, model, _ = finetune.build_model(run, text_model_config(), log=lambda *_: None)  # as the trainer calls it
     source = load_diffusers_transformer(folder)
     inputs = text_inputs(source)
-    assert torch.equal(forward(trainer.model, inputs), forward(source, inputs))
+    assert torch.equal(forward(model, inputs), forward(source, inputs))
 
 
 def test_text_lora_exports_a_merged_diffusers_folder_and_a_peft_adapter(tmp_path, text_lora):
     from diffusers import LatteTransformer3DModel
     from peft import PeftModel
 
-    folder, run, _ = text_lora
+    folder, run = text_lora
     state = load_checkpoint(run)
     adapted = finetune.run_model(state, use_ema=True, merge=False)
     x, t, text = text_inputs(adapted)
