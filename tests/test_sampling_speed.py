@@ -171,3 +171,46 @@ def test_bf16_sampling_is_close_to_fp32():
     assert psnr > 35, psnr
     with pytest.raises(LatteError, match="precision"):
         draw(model, diffusion, precision="fp16")
+
+
+def test_bf16_eval_detectors_run_under_autocast_and_keep_their_own_cache_entries():
+    from latte.metrics.clips import ClipProtocol
+    from latte.metrics.evaluate import Detector, cache_key, in_precision
+
+    linear = torch.nn.Linear(64, 8)
+    x = torch.randn(4, 64)
+    fp32, bf16 = in_precision(linear, "fp32", torch.device("cpu")), in_precision(linear, "bf16", torch.device("cpu"))
+    assert fp32 is linear
+    out = bf16(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, linear(x))
+    assert torch.allclose(out, linear(x), atol=0.05)
+
+    class Clips:
+        def fingerprint(self):
+            return {"kind": "test"}
+
+    detector = Detector("fvd", "test", "w", "0" * 64, 8, linear)
+    fp32_key = cache_key(Clips(), ClipProtocol(), detector)
+    detector.extra["precision"] = "bf16"
+    assert cache_key(Clips(), ClipProtocol(), detector) != fp32_key
+    with pytest.raises(LatteError, match="precision"):
+        in_precision(linear, "fp16", torch.device("cpu"))
+
+
+def test_sample_cli_takes_the_new_samplers_cache_and_precision(tmp_path, capsys):
+    import numpy as np
+
+    from latte.cli import main
+    from latte.train.loop import train
+    from test_train import tiny_config
+
+    train(tiny_config(tmp_path / "run", "train.max_steps=1"), write_samples_at_end=False)
+    common = ["sample", "--checkpoint", str(tmp_path / "run"), "--num-videos", "2", "--steps", "4", "--device", "cpu"]
+    assert main(common + ["--output", str(tmp_path / "a.npz"), "--sampler", "unipc"]) == 0
+    assert main(common + ["--output", str(tmp_path / "b.npz"), "--sampler", "unipc", "--cache", "pab",
+                          "--cache-options", "spatial=1,temporal=1", "--precision", "fp32"]) == 0
+    a, b = np.load(tmp_path / "a.npz")["videos"], np.load(tmp_path / "b.npz")["videos"]
+    assert a.shape == (2, 1, 4, 16, 16) and np.array_equal(a, b)
+    capsys.readouterr()
+    assert main(common + ["--output", str(tmp_path / "c.npz"), "--cache", "pab", "--cache-options", "spatial=0"]) == 2
+    assert "interval must be >= 1" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()

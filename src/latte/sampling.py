@@ -45,6 +45,18 @@ def default_precision(device) -> str:
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
+def compile_blocks(model) -> int:
+    """torch.compile each transformer block in place (regional compilation: identical blocks share the
+    compiled code, so compiling takes seconds). A local stand-in for train/parallelize's compile
+    function; returns the number of blocks compiled."""
+    from latte.sampling_cache import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 def check_speed_options(request: SampleRequest) -> None:
     """One-line errors for a bad precision, cache or cache option, before any sampling work."""
     if request.precision not in PRECISIONS:
@@ -121,9 +133,10 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Latte | LatteT2V, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
-             text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             text_encoder=None, cache_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
-    models, whose prompts are encoded by `text_encoder`)."""
+    models, whose prompts are encoded by `text_encoder`). `cache_stats`, when given, accumulates the
+    attention cache's "calls" and "computed" counts."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
     frames = request.num_frames or c.num_frames
@@ -153,6 +166,9 @@ def generate(model: Latte | LatteT2V, diffusion, request: SampleRequest, indices
                 null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
                 uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
                 noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid)
+            if cache_stats is not None and model_fn is not model:
+                for name in ("calls", "computed"):
+                    cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())
         if vae is not None:
             x0 = vae.decode(x0)
         outputs.append(x0.clamp(-1, 1).float().cpu())

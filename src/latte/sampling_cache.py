@@ -73,14 +73,17 @@ class PABSettings:
         return ", ".join(f"{k} every {b.interval} in t {b.lo}-{b.hi}" for k in KINDS for b in [getattr(self, k)])
 
 
-def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(kind, module) of every cacheable attention. Blocks come from `model.blocks` (each with a
-    `.kind`), or from a text model's `spatial_blocks` and `temporal_blocks` until those join `blocks`."""
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks: `model.blocks` (each with a `.kind`), or a text model's `spatial_blocks`
+    and `temporal_blocks` until those join `blocks` (then this reduces to `list(model.blocks)`)."""
     blocks = list(getattr(model, "blocks", None) or [])
-    if not blocks:
-        blocks = [*getattr(model, "spatial_blocks", []), *getattr(model, "temporal_blocks", [])]
+    return blocks or [*getattr(model, "spatial_blocks", []), *getattr(model, "temporal_blocks", [])]
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(kind, module) of every cacheable attention of the model's blocks."""
     found = []
-    for block in blocks:
+    for block in transformer_blocks(model):
         kind = getattr(block, "kind", None)
         if kind in ("spatial", "temporal"):
             found.append((kind, block.attn))
