@@ -13,9 +13,10 @@ Every row samples the same videos (same seeds, same labels or prompts, same guid
 - with --digits (class-conditional Moving MNIST): the share of frames that a small digit classifier,
   trained here on real frames, reads as the asked digit (benchmarks/moving_mnist_quality.py);
 - wall time and network evaluations (NFE: model calls, each one batched pass over the conditional
-  and unconditional halves when guided).
+  and unconditional halves when guided);
+- for a row with cache=pab: PSNR against the same row without the cache (listed earlier in --rows).
 A row is SAMPLER:STEPS with optional :KEY=VALUE fields: grid=diffusers (the scheduler's own
-timesteps), cache=pab, cache_options=..., precision=bf16, or any diffusers scheduler setting
+timesteps), cache=pab, cache_options=... (kinds separated by ';'), precision=bf16, or any diffusers scheduler setting
 (e.g. dpm-solver:20:use_karras_sigmas=true). The reference row takes the same form.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def parse_row(spec: str) -> dict:
     for field in fields:
         key, _, value = field.partition("=")
         if key in REQUEST_KEYS:
-            row[key] = value
+            row[key] = value.replace(";", ",")  # cache_options: ';' between kinds (',' separates rows)
         else:
             row["scheduler_options"][key] = parse_value(value)
     return row
@@ -86,17 +87,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return s.mean().item()
 
 
-def draw(model, diffusion, vae, text_encoder, base: SampleRequest, row: dict, device) -> tuple[torch.Tensor, float]:
+def draw(model, diffusion, vae, text_encoder, base: SampleRequest, row: dict, device) -> tuple[torch.Tensor, float, float]:
+    """Videos of one row, wall seconds and this process's CPU seconds (the figure to compare on a shared CPU)."""
     request = SampleRequest(**{**base.__dict__, "sampler": row["sampler"], "steps": row["steps"],
                                "scheduler_options": row["scheduler_options"] or None,
                                **{k: row[k] for k in REQUEST_KEYS if k in row}})
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     videos, _ = generate(model, diffusion, request, vae=vae, device=device, progress=False, text_encoder=text_encoder)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return videos, time.perf_counter() - start
+    return videos, time.perf_counter() - start, time.process_time() - cpu_start
 
 
 class FrechetScorer:
@@ -176,8 +178,8 @@ def main() -> None:
     base = SampleRequest(num_videos=args.videos, batch_size=args.videos, seed=args.seed, prompts=args.prompt or None,
                          cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale)
     print(f"{args.videos} videos per row, guidance {base.cfg_scale}, device {device}, reference {args.reference}")
-    reference, ref_time = draw(model, diffusion, vae, text_encoder, base, parse_row(args.reference), device)
-    print(f"reference {args.reference}: {ref_time:.1f} s")
+    reference, ref_time, ref_cpu = draw(model, diffusion, vae, text_encoder, base, parse_row(args.reference), device)
+    print(f"reference {args.reference}: {ref_time:.1f} s ({ref_cpu:.1f} s CPU)")
     scorer = classifier = None
     if args.fvd_fid:
         real = args.real or (f"{config.data.dataset}:." if config.data.dataset == "moving-mnist" else None)
@@ -191,15 +193,15 @@ def main() -> None:
         print(f"digit classifier: {ceiling:.1%} on held-out real frames")
     labels = torch.tensor([i % max(model.config.num_classes, 1) for i in range(args.videos)])
 
-    results = []
-    header = f"{'row':<38} {'NFE':>4} {'time s':>7} {'PSNR dB':>8} {'SSIM':>6}"
-    header += f" {'FVD':>7} {'FID':>7}" * bool(scorer) + f" {'digits':>6}" * bool(classifier)
+    results, drawn = [], {}
+    header = f"{'row':<38} {'NFE':>4} {'time s':>7} {'cpu s':>7} {'PSNR dB':>8} {'SSIM':>6}"
+    header += f" {'FVD':>7} {'FID':>7}" * bool(scorer) + f" {'digits':>6}" * bool(classifier) + "  vs uncached"
     print(header)
     for spec in [s for s in args.rows.split(",") if s] + [args.reference]:
         row = parse_row(spec)
-        videos, seconds = (reference, ref_time) if spec == args.reference else draw(
+        videos, seconds, cpu = (reference, ref_time, ref_cpu) if spec == args.reference else draw(
             model, diffusion, vae, text_encoder, base, row, device)
-        result = {"row": spec, "nfe": row["steps"], "seconds": seconds,
+        result = {"row": spec, "nfe": row["steps"], "seconds": seconds, "cpu_seconds": cpu,
                   "psnr": psnr(videos, reference) if spec != args.reference else math.inf,
                   "ssim": ssim(videos, reference)}
         if scorer:
@@ -209,10 +211,15 @@ def main() -> None:
             with torch.no_grad():
                 predicted = classifier.eval()(frames).argmax(1).view(args.videos, -1)
             result["digits"] = (predicted == labels[:, None]).float().mean().item()
+        drawn[spec] = videos
+        uncached = ":".join(f for f in spec.split(":") if not f.startswith("cache"))
+        if "cache" in row and uncached in drawn:
+            result["psnr_vs_uncached"] = psnr(videos, drawn[uncached])
         results.append(result)
-        line = f"{spec:<38} {result['nfe']:>4} {seconds:>7.1f} {result['psnr']:>8.2f} {result['ssim']:>6.3f}"
+        line = f"{spec:<38} {result['nfe']:>4} {seconds:>7.1f} {cpu:>7.1f} {result['psnr']:>8.2f} {result['ssim']:>6.3f}"
         line += f" {result.get('fvd', 0):>7.1f} {result.get('fid', 0):>7.1f}" * bool(scorer)
         line += f" {result.get('digits', 0):>6.1%}" * bool(classifier)
+        line += f"  {result['psnr_vs_uncached']:.2f} dB" if "psnr_vs_uncached" in result else ""
         print(line, flush=True)
     if args.output:
         with open(args.output, "w") as handle:

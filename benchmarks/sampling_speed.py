@@ -9,7 +9,8 @@ throughput of `latte eval`'s detectors, on random weights.
         --size 16 --batch 2 --rows ddim:10,dpm-solver:5 --cache none,pab --eval-clips 2
 
 Weights are random (N(0, 0.02) everywhere, so attention and modulation do real work rather than
-the zero-initialised identity); speed does not depend on them. With --cache pab each row also reports
+the zero-initialised identity); speed does not depend on them. "cpu s" is this process's CPU time:
+on a shared CPU compare that, not wall time. With --cache pab each row also reports
 the PSNR of the cached videos against the uncached ones (same seeds) and the share of attention
 calls that were computed. The VAE is a random AutoencoderKL with the Stable Diffusion VAE's
 architecture (benchmarks/cache_speedup.py), decoding in bf16 chunks of 32 frames under --precision bf16.
@@ -83,8 +84,9 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=7.0)
     parser.add_argument("--batch", type=int, default=8, help="videos per batch (guidance doubles the model batch)")
     parser.add_argument("--rows", default="ddpm:250,ddim:50,dpm-solver:20")
-    parser.add_argument("--cache", default="none,pab", help="comma-separated: none, pab")
-    parser.add_argument("--cache-options", default=None)
+    parser.add_argument("--cache", default="none,pab",
+                        help="comma-separated: none, pab, or pab:OPTIONS with ';' between kinds "
+                             "(e.g. pab:spatial=3@50-950;temporal=6@50-950)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA")
     parser.add_argument("--compile", action="store_true", help="compile each block (first call of each row warms up)")
     parser.add_argument("--vae", action="store_true", help="include decoding by a random SD-architecture VAE")
@@ -107,32 +109,34 @@ def main() -> None:
     print(f"{args.model} {model.num_parameters() / 1e6:.1f} M params, {args.batch} videos of {args.frames} x "
           f"{args.size * 8 if vae else args.size}^2, guidance {args.cfg_scale}, {precision}, device {device}"
           f"{', compiled' if args.compile else ''}{', VAE decode' if vae else ''}")
-    print(f"{'row':<16} {'cache':<5} {'s/batch':>8} {'videos/s':>9} {'2048 videos':>12} {'PSNR vs none':>13} {'attn computed':>14}")
+    print(f"{'row':<16} {'cache':<36} {'s/batch':>8} {'cpu s':>8} {'videos/s':>9} {'2048 videos':>12} "
+          f"{'PSNR vs none':>13} {'attn computed':>14}")
     for spec in args.rows.split(","):
         sampler, steps = spec.split(":")
         plain = None
         for cache in args.cache.split(","):
+            kind, _, cache_options = cache.partition(":")
             request = SampleRequest(num_videos=args.batch, batch_size=args.batch, sampler=sampler, steps=int(steps),
                                     cfg_scale=args.cfg_scale, precision=precision,
-                                    cache=None if cache == "none" else cache,
-                                    cache_options=args.cache_options if cache == "pab" else None)
+                                    cache=None if kind == "none" else kind,
+                                    cache_options=cache_options.replace(";", ",") or None)
             warm = SampleRequest(**{**request.__dict__, "steps": 2})
             generate(model, diffusion, warm, device=device, progress=False)  # warm-up (and compile)
             counts = {}
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             videos, _ = generate(model, diffusion, request, vae=vae, device=device, progress=False, cache_stats=counts)
             sync(device)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             psnr = "-"
             if plain is None:
                 plain = videos
-            elif cache != "none":
+            elif kind != "none":
                 mse = ((videos - plain) / 2).pow(2).mean().item()
                 psnr = f"{10 * math.log10(1 / max(mse, 1e-12)):.1f} dB"
             share = f"{counts['computed'] / max(counts['calls'], 1):.0%}" if counts else "-"
             rate = args.batch / seconds
-            print(f"{spec:<16} {cache:<5} {seconds:>8.2f} {rate:>9.3f} {2048 / rate / 60:>10.1f} m {psnr:>13} {share:>14}",
+            print(f"{spec:<16} {cache:<36} {seconds:>8.2f} {cpu_seconds:>8.2f} {rate:>9.3f} {2048 / rate / 60:>10.1f} m {psnr:>13} {share:>14}",
                   flush=True)
     if args.eval_clips:
         rates = detector_throughput(args.eval_clips, args.eval_batch, device, precision)
