@@ -20,7 +20,7 @@ from latte.models import Latte, LatteT2V
 @dataclass
 class SampleRequest:
     num_videos: int = 8
-    sampler: str = "ddpm"
+    sampler: str = "dpm-solver"
     steps: int | None = None
     cfg_scale: float = 1.0
     class_label: int | None = None  # None: cycle through the classes (class models)
