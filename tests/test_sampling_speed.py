@@ -12,6 +12,9 @@ from latte.models.text import create_t2v_model
 from latte.sampling import SampleRequest, generate
 from latte.sampling_cache import PABCache, PABSettings, attention_modules
 
+# diffusers' DPM-Solver and DEIS schedulers warn about NumPy 2 array protocols on every step
+pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
+
 
 def randomize(model, std=0.05, seed=0):
     """Random weights everywhere (a fresh model's zero-initialised outputs would make every comparison trivial)."""

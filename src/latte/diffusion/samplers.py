@@ -5,11 +5,11 @@ DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho & Salimans 2022) runs the
 unconditional halves in one batched forward pass: the unconditional half gets the null class, or
 other inputs (`uncond_kwargs`, e.g. the empty or negative prompt's embedding).
 
-Timesteps of the multistep solvers: their grids run from t = T-1 down to t = 0 and take one last
-step from t = 0 to the clean sample, as DDIM's grid ends at t = 0 (see docs/sampling.md). diffusers'
-default ("linspace") grid for them stops at t ~ T/steps and reaches the clean sample with one
-first-order jump from there: with 20 steps that jump crosses t = 50 .. 0 alone, and it, not the
-solver's order, dominated the error against a fine reference solution.
+Timesteps of the multistep solvers: evenly spaced in log-SNR from t = T-1 down towards t = 0, so the
+last model call is near t = 0 (`solver_timesteps`; docs/sampling.md). diffusers' default
+("linspace") grid for them stops at t ~ T/steps and reaches the clean sample with one first-order
+jump, x0 = D(x_t): with 20 steps from t = 50 alone, and that jump, not the solver's order, dominated
+their error against a fine reference solution (26-29 dB for DPM-Solver++ 20, 43 dB on this grid).
 """
 from __future__ import annotations
 
