@@ -6,6 +6,7 @@ models take video i's prompt from the request's prompts in turn (prompt i mod th
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from latte.models import Latte
 @dataclass
 class SampleRequest:
     num_videos: int = 8
-    sampler: str = "ddpm"
+    sampler: str = "dpm-solver"
     steps: int | None = None
     cfg_scale: float = 1.0
     class_label: int | None = None  # None: cycle through the classes (class models)
@@ -29,6 +30,47 @@ class SampleRequest:
     eta: float = 0.0
     prompts: list[str] | None = None  # text models: video i shows prompts[i % len(prompts)]
     negative_prompt: str = ""  # text models: the unconditional half of guidance ("": no negative prompt)
+    cache: str | None = None  # "pab": Pyramid Attention Broadcast (latte.sampling_cache)
+    cache_options: str | None = None  # PAB intervals and ranges, see PABSettings.parse
+    precision: str = "fp32"  # "bf16": the transformer under bf16 autocast (the solver state stays fp32)
+    grid: str = "logsnr"  # multistep solvers' timesteps; "diffusers": the scheduler's own (for comparisons)
+    scheduler_options: dict | None = None  # diffusers scheduler settings overridden (for comparisons)
+
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def default_precision(device) -> str:
+    """bf16 on CUDA, fp32 elsewhere (CPU bf16 works but is slower than fp32 on most CPUs)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def check_speed_options(request: SampleRequest) -> None:
+    """One-line errors for a bad precision, cache or cache option, before any sampling work."""
+    if request.precision not in PRECISIONS:
+        raise LatteError(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
+    if request.cache not in (None, "none", "pab"):
+        raise LatteError(f"cache must be 'pab' or none, got {request.cache!r}")
+    if request.cache == "pab":
+        from latte.sampling_cache import PABSettings
+
+        PABSettings.parse(request.cache_options)
+    elif request.cache_options:
+        raise LatteError("--cache-options apply to --cache pab only")
+
+
+def sampling_context(model, request: SampleRequest, device):
+    """(context manager, model callable) for one trajectory: bf16 autocast and the PAB cache as asked."""
+    check_speed_options(request)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                       enabled=request.precision == "bf16"))
+    model_fn = model
+    if request.cache == "pab":
+        from latte.sampling_cache import PABCache, PABSettings
+
+        model_fn = stack.enter_context(PABCache(model, PABSettings.parse(request.cache_options)))
+    return stack, model_fn
 
 
 def labels_for(indices: list[int], model: Latte, request: SampleRequest) -> torch.Tensor | None:
@@ -84,9 +126,10 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
-             text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             text_encoder=None, cache_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
-    models, whose prompts are encoded by `text_encoder`)."""
+    models, whose prompts are encoded by `text_encoder`). `cache_stats`, when given, accumulates the
+    attention cache's "calls" and "computed" counts."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
     frames = request.num_frames or c.num_frames
@@ -97,6 +140,7 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
         raise LatteError(f"the model reads {c.caption_channels}-wide text features; text encoder: {text_encoder}")
     labels = None if prompts is not None else labels_for(indices, model, request)
     guided = (prompts is not None or c.num_classes > 0) and request.cfg_scale != 1.0
+    check_speed_options(request)
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
@@ -107,12 +151,17 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
         if prompts is not None:
             kwargs = text_inputs(text_encoder, prompts[n * request.batch_size:n * request.batch_size + len(chunk)], device)
             uncond = text_inputs(text_encoder, [request.negative_prompt] * len(chunk), device) if guided else None
-        x0 = diffusion_sample(
-            model, x_t.shape, diffusion, sampler=request.sampler, steps=request.steps, eta=request.eta,
-            cfg_scale=request.cfg_scale if guided else 1.0, y=y,
-            null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
-            uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
-            noise=x_t)
+        context, model_fn = sampling_context(model, request, device)
+        with context:
+            x0 = diffusion_sample(
+                model_fn, x_t.shape, diffusion, sampler=request.sampler, steps=request.steps, eta=request.eta,
+                cfg_scale=request.cfg_scale if guided else 1.0, y=y,
+                null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
+                uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
+                noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid)
+            if cache_stats is not None and model_fn is not model:
+                for name in ("calls", "computed"):
+                    cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())
         if vae is not None:
             x0 = vae.decode(x0)
         outputs.append(x0.clamp(-1, 1).float().cpu())

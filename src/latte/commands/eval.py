@@ -38,12 +38,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="UCF101 C3D weights (default: $LATTE_C3D_WEIGHTS; IS is skipped without)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="real-statistics cache folder")
     parser.add_argument("--no-cache", action="store_true", help="recompute real statistics and do not store them")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                        help="detector precision (default: bf16 on CUDA, fp32 on CPU); bf16 features get their own cache")
     return parser
 
 
 def run(args) -> int:
     from latte.metrics.clips import ClipProtocol
-    from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, write_report
+    from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, pick_device, write_report
 
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRICS]
@@ -58,7 +60,8 @@ def run(args) -> int:
     options = EvalOptions(fake=args.fake, real=args.real, metrics=metrics, protocol=protocol,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           i3d_weights=args.i3d_weights, inception_weights=args.inception_weights,
-                          c3d_weights=args.c3d_weights, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+                          c3d_weights=args.c3d_weights, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                          precision=args.precision or ("bf16" if pick_device(args.device).type == "cuda" else "fp32"))
     report = evaluate(options)
     print(format_table(report))
     if args.output:

@@ -31,7 +31,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="FILE.mp4 | .gif | .png (filmstrip grid) | .npz (raw arrays), or a folder for one mp4 per video")
     parser.add_argument("--num-videos", type=int, default=None, help="default: 4, or one per prompt")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sample.sampler")
-    parser.add_argument("--steps", type=int, default=None, help="default: the sampler's default (ddpm 250, ddim 50, dpm-solver 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="default: the run's sample.steps, else the sampler's (ddpm 250, ddim 50, dpm-solver/unipc/deis 20)")
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance scale (class and text models; default: the run's)")
     parser.add_argument("--class-label", type=int, default=None, help="class of every video (default: cycle classes)")
@@ -47,6 +48,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=None)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                        help="transformer (bf16 autocast) and VAE precision (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--cache", choices=["none", "pab"], default="none",
+                        help="pab: Pyramid Attention Broadcast, attention outputs reused across steps (docs/sampling.md)")
+    parser.add_argument("--cache-options", default=None, metavar="SPEC",
+                        help="PAB: KIND=INTERVAL[@LO-HI],... for spatial/temporal/cross "
+                             "(default spatial=2@100-800,temporal=4@100-800,cross=6@100-900)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block in place")
     return parser
 
 
@@ -108,7 +117,10 @@ def write_manifest(folder: Path, model, request) -> Path:
 
 
 def run(args) -> int:
-    from latte.sampling import SampleRequest, generate
+    import torch
+
+    from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
+    from latte.train.parallelize import compile_blocks
     from latte.train.trainer import pick_device
     from latte.video_io import save_videos
 
@@ -123,14 +135,21 @@ def run(args) -> int:
     num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
     check_output(output, folder_mode)
     device = pick_device(args.device)
+    precision = args.precision or default_precision(device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
+    if vae is not None:
+        vae.to(device, torch.bfloat16 if precision == "bf16" else None)
+    if args.compile:
+        compile_blocks(model)
     text_encoder = text_encoder_for(config, device) if prompts else None
     request = SampleRequest(num_videos=num_videos, sampler=args.sampler or config.sample.sampler,
                             steps=args.steps if args.steps is not None else (None if args.sampler else config.sample.steps),
                             cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
                             class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                             num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
-                            negative_prompt=args.negative_prompt)
+                            negative_prompt=args.negative_prompt, precision=precision,
+                            cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options)
+    check_speed_options(request)
     fps = args.fps if args.fps is not None else config.sample.fps
     if not folder_mode:
         videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)

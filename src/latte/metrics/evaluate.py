@@ -48,6 +48,7 @@ class EvalOptions:
     c3d_weights: str | None = None
     cache_dir: str | None = None
     use_cache: bool = True
+    precision: str = "fp32"  # "bf16": detectors under bf16 autocast (features, and so the cache key, differ)
 
 
 @dataclass
@@ -89,8 +90,31 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def in_precision(run: Callable[[torch.Tensor], torch.Tensor], precision: str, device: torch.device):
+    """`run` under bf16 autocast when asked (features come back float32 either way)."""
+    if precision not in ("bf16", "fp32"):
+        raise LatteError(f"precision must be bf16 or fp32, got {precision!r}")
+    if precision == "fp32":
+        return run
+
+    def autocast_run(clips: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return run(clips).float()
+
+    return autocast_run
+
+
 def build_detectors(options: EvalOptions, device: torch.device) -> tuple[dict[str, Detector], dict[str, str]]:
     """Detectors of the asked metrics, and {metric: reason} for those that cannot run (IS without C3D weights)."""
+    detectors = _build_detectors(options, device)
+    for detector in detectors[0].values():
+        detector.run = in_precision(detector.run, options.precision, device)
+        if options.precision != "fp32":
+            detector.extra["precision"] = options.precision
+    return detectors
+
+
+def _build_detectors(options: EvalOptions, device: torch.device) -> tuple[dict[str, Detector], dict[str, str]]:
     detectors: dict[str, Detector] = {}
     unavailable: dict[str, str] = {}
     if "fvd" in options.metrics:
@@ -134,6 +158,8 @@ def cache_key(clips: ClipSet, protocol: ClipProtocol, detector: Detector) -> str
     """Hash of the data, the clip protocol, the metric and the detector weights."""
     identity = {"format": CACHE_FORMAT, "data": clips.fingerprint(), "protocol": protocol.as_dict(),
                 "metric": detector.metric, "weights_sha256": detector.sha256}
+    if detector.extra.get("precision", "fp32") != "fp32":  # fp32 keys stay as they were
+        identity["precision"] = detector.extra["precision"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
