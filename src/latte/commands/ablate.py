@@ -6,10 +6,8 @@ from pathlib import Path
 
 from latte.ablation.evaluation import METRICS
 from latte.ablation.studies import STUDIES
+from latte.commands.train import DEFAULT_PRESET, add_config_arguments
 from latte.errors import LatteError
-from latte.train.config import list_presets
-
-DEFAULT_PRESET = "moving-mnist"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -25,11 +23,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help=f"one of {', '.join(STUDIES)}; with --options, the study's folder name")
     parser.add_argument("--options", default=None, metavar="SECTION.KEY=V1,V2,...",
                         help="a study over any config key, one option per value (e.g. optim.lr=1e-4,3e-4)")
-    parser.add_argument("--preset", choices=list_presets(), default=None,
-                        help=f"named preset (default {DEFAULT_PRESET} when no --config is given)")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML config, as for `latte train`")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key for every option (repeatable)")
+    add_config_arguments(parser, "when no --config is given; --set applies to every option")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per run (default: the config's)")
     parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: a quarter of the run)")
     parser.add_argument("--eval-clips", type=int, default=64, help="generated clips per evaluation (as many real ones)")

@@ -8,6 +8,15 @@ from latte.train.config import list_presets, load_config
 DEFAULT_PRESET = "moving-mnist"
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, preset_default: str) -> None:
+    """--preset, --config and --set: where a run's config comes from (train and ablate alike)."""
+    parser.add_argument("--preset", choices=list_presets(), default=None,
+                        help=f"named preset (default {DEFAULT_PRESET} {preset_default})")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with sections model/diffusion/data/optim/train/sample")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model (default: the built-in Moving MNIST preset)",
@@ -15,9 +24,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "Running the same command again on the same output directory resumes from its latest checkpoint. "
                     "Works the same under `torchrun --nproc_per_node N`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=list_presets(), default=None,
-                        help=f"named preset (default {DEFAULT_PRESET} when neither --config nor data.dataset is given)")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with sections model/diffusion/data/optim/train/sample")
+    add_config_arguments(parser, "when neither --config nor data.dataset is given")
     parser.add_argument("--output-dir", help="run directory (checkpoints, metrics, samples); sets train.output_dir")
     parser.add_argument("--max-steps", type=int, help="sets train.max_steps")
     parser.add_argument("--checkpoint-every", type=int, help="sets train.checkpoint_every")
@@ -26,8 +33,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--vae", help="sets data.vae: none, or a diffusers AutoencoderKL folder / hub id")
     parser.add_argument("--data-cache", help="sets data.cache: a latent cache written by `latte encode`")
     parser.add_argument("--images-per-clip", type=int, help="sets data.images_per_clip (image-video joint training)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-samples", action="store_true", help="skip writing sample videos at the end")
     return parser
