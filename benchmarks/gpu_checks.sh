@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU measurement the open issues ask for, in one run (a few minutes on an H200):
+#   1. training step: latte eager / compiled / full `latte train` step against diffusers and the
+#      official recipe, Latte-XL/2, 5 clips of 16x32x32x4 (issue 14);
+#   2. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
+#      without PAB, compiled, plus I3D/Inception throughput (issue 15);
+#   3. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16).
+# Output goes to $OUT (or ./gpu-checks) as one log per part.
+#   bash benchmarks/gpu_checks.sh            # CUDA: the sizes above
+#   bash benchmarks/gpu_checks.sh --smoke    # CPU: the same commands on tiny sizes, to check the script
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-checks}
+mkdir -p "$out"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if [ "${1:-}" = "--smoke" ]; then
+  train=(--model Latte-T/2 --batch 1 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
+  sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4 --cache none,pab --eval-clips 0 --device cpu)
+  finetune=(--model Latte-T/2 --frames 4 --size 8 --steps 1)
+else
+  train=(--model Latte-XL/2 --batch 5 --compile)
+  sample=(--device cuda --model Latte-XL/2 --batch 8 --vae --rows ddpm:250,ddim:50,dpm-solver:20
+          --cache "none,pab,pab:spatial=3@50-950;temporal=6@50-950" --eval-clips 64)
+  finetune=(--gpu)
+fi
+status=0
+python3 benchmarks/train_speed.py "${train[@]}" 2>&1 | tee "$out/train_speed.log" || status=1
+python3 benchmarks/sampling_speed.py "${sample[@]}" 2>&1 | tee "$out/sampling_speed.log" || status=1
+python3 benchmarks/finetune_speed.py "${finetune[@]}" 2>&1 | tee "$out/finetune_speed.log" || status=1
+exit $status
