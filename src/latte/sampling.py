@@ -60,8 +60,8 @@ def check_speed_options(request: SampleRequest) -> None:
 
 
 def sampling_context(model, request: SampleRequest, device):
-    """(context manager, model callable) for one trajectory: bf16 autocast and the PAB cache as asked."""
-    check_speed_options(request)
+    """(context manager, model callable) for one trajectory: bf16 autocast and the PAB cache as asked
+    (the request's options were checked by check_speed_options)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                                        enabled=request.precision == "bf16"))
@@ -146,7 +146,7 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
         x_t = initial_noise(chunk, shape, request.seed).to(device)
         y = None if labels is None else labels[n * request.batch_size:n * request.batch_size + len(chunk)].to(device)
-        generator = torch.Generator().manual_seed(request.seed * 1_000_003 + chunk[0] + 7)
+        generator = torch.Generator().manual_seed(video_seed(request.seed, chunk[0]) + 7)
         kwargs, uncond = {}, None
         if prompts is not None:
             kwargs = text_inputs(text_encoder, prompts[n * request.batch_size:n * request.batch_size + len(chunk)], device)

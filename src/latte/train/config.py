@@ -301,7 +301,9 @@ def validate(config: Config) -> None:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
+    from latte.diffusion.samplers import SAMPLERS
     from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
+    from latte.train.parallelize import PARALLEL_MODES
 
     choices = {
         ("model", "variant"): VARIANTS,
@@ -312,8 +314,8 @@ def validate(config: Config) -> None:
         ("diffusion", "loss_weighting"): ("none", "min-snr"),
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
         ("train", "device"): ("auto", "cpu", "cuda"),
-        ("train", "parallel"): ("ddp", "fsdp"),
-        ("sample", "sampler"): ("ddpm", "ddim", "dpm-solver", "unipc", "deis"),
+        ("train", "parallel"): PARALLEL_MODES,
+        ("sample", "sampler"): SAMPLERS,
     }
     for (section, key), valid in choices.items():
         value = getattr(getattr(config, section), key)
@@ -330,8 +332,6 @@ def validate(config: Config) -> None:
     if config.diffusion.beta_start > config.diffusion.beta_end:
         raise LatteError(f"diffusion.beta_start {config.diffusion.beta_start} must be <= diffusion.beta_end "
                          f"{config.diffusion.beta_end}")
-    if config.train.peak_tflops is not None and config.train.peak_tflops <= 0:
-        raise LatteError(f"train.peak_tflops must be > 0 (or none), got {config.train.peak_tflops}")
     if config.train.fsdp_cpu_offload and config.train.parallel != "fsdp":
         raise LatteError("train.fsdp_cpu_offload needs train.parallel=fsdp")
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
@@ -380,6 +380,7 @@ RANGES = {
     ("train", "keep_checkpoints"): (1, INF, False, False),
     ("train", "log_every"): (1, INF, False, False),
     ("train", "sample_every"): (0, INF, False, False),
+    ("train", "peak_tflops"): (0, INF, True, True),
     ("sample", "num_videos"): (1, INF, False, False),
     ("sample", "steps"): (1, INF, False, False),
     ("sample", "cfg_scale"): (0, INF, False, True),

@@ -178,7 +178,7 @@ class Trainer:
         if (stored["encoder"], stored["max_length"]) != (encoder.spec, encoder.max_length):
             raise LatteError(f"the latent cache's caption embeddings come from {stored['encoder']} at "
                              f"{stored['max_length']} tokens, the run asks for {encoder.spec} at {encoder.max_length}")
-        return self.dataset.empty_text()
+        return tuple(t.to(self.device) for t in self.dataset.empty_text())  # moved once, used every step
 
     # -- data -------------------------------------------------------------------------------------
     @staticmethod
@@ -306,8 +306,8 @@ class Trainer:
         if "text" in batch:  # embeddings from the latent cache; dropped captions take the empty prompt's
             empty_hidden, empty_mask = self.empty_text
             keep = ~drop[..., None]  # (B, G, 1)
-            hidden = torch.where(keep[..., None], batch["text"].to(self.device), empty_hidden.to(self.device))
-            mask = torch.where(keep, batch["text_mask"].to(self.device), empty_mask.to(self.device))  # (B, G, L)
+            hidden = torch.where(keep[..., None], batch["text"].to(self.device), empty_hidden)  # (B, G, L, width)
+            mask = torch.where(keep, batch["text_mask"].to(self.device), empty_mask)  # (B, G, L)
         else:
             groups = batch["captions"]
             flat = drop_captions([c for group in groups for c in group], drop.flatten().cpu())
