@@ -145,8 +145,8 @@ def build_model(config, run_model_config, log=print) -> tuple[object, nn.Module,
 
 
 def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, block) of every transformer block: the modules that carry a `.kind`."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "kind", None), str)]
+    """(name, block) of every transformer block of the backbone's one list."""
+    return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
 
 
 def temporal_parameters(model: nn.Module) -> list[str]:
