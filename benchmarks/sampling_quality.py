@@ -9,7 +9,10 @@ Every row samples the same videos (same seeds, same labels or prompts, same guid
   `ddim:250` row against it bounds the reference's own error, which halves with each doubling);
 - with --fvd-fid: FVD (I3D) and frame FID (Inception-v3) against real clips, with latte's detectors
   and its real-statistics cache (clips shorter than I3D's 9-frame minimum have each frame repeated
-  the same way for real and generated clips); on Moving MNIST the real clips come from the dataset;
+  the same way for real and generated clips); on Moving MNIST the real clips come from the dataset.
+  A first row `real` scores as many other real clips as there are videos: the floor that the
+  sample count alone puts under FVD and FID. --fid-frames K takes FID on K evenly spaced frames
+  per clip (Inception is the costliest detector on a CPU);
 - with --digits (class-conditional Moving MNIST): the share of frames that a small digit classifier,
   trained here on real frames, reads as the asked digit (benchmarks/moving_mnist_quality.py);
 - wall time and network evaluations (NFE: model calls, each one batched pass over the conditional
@@ -104,11 +107,15 @@ def draw(model, diffusion, vae, text_encoder, base: SampleRequest, row: dict, de
 class FrechetScorer:
     """FVD and frame FID of generated videos against real clips, with latte.metrics' detectors and cache."""
 
-    def __init__(self, real: str, frames: int, resolution: int, num_real: int, device: torch.device):
+    def __init__(self, real: str, frames: int, resolution: int, num_real: int, device: torch.device,
+                 fid_frames: int | None = None):
         from latte.metrics.clips import ClipProtocol, open_real
         from latte.metrics.evaluate import EvalOptions, build_detectors
 
         self.repeat = math.ceil(16 / frames) if frames < 9 else 1  # I3D needs >= 9 frames
+        count = min(fid_frames or frames, frames)
+        self.fid_index = torch.linspace(0, frames - 1, count).round().long()  # frames FID sees
+        self.spec = real
         self.protocol = ClipProtocol(frames=frames, stride=1, resolution=resolution, num_clips=num_real, seed=0)
         self.detectors, _ = build_detectors(EvalOptions(fake="", real=real, metrics=("fvd", "fid"),
                                                         protocol=self.protocol, device=str(device)), device)
@@ -118,6 +125,8 @@ class FrechetScorer:
     def _features(self, clips: torch.Tensor, metric: str):
         if metric == "fvd":
             clips = clips.repeat_interleave(self.repeat, dim=1)  # (N, F*repeat, H, W, 3)
+        else:
+            clips = clips[:, self.fid_index]  # (N, K, H, W, 3)
         return self.detectors[metric](clips)
 
     def _real_stats(self) -> dict:
@@ -127,29 +136,44 @@ class FrechetScorer:
         stats = {}
         for metric in ("fvd", "fid"):
             key = cache_key(self.real_clips, self.protocol, self.detectors[metric])
-            tag = hashlib.sha256(f"{key}-repeat{self.repeat}".encode()).hexdigest()[:32]
+            frames = "" if metric == "fvd" else f"-frames{self.fid_index.tolist()}"
+            tag = hashlib.sha256(f"{key}-repeat{self.repeat}{frames}".encode()).hexdigest()[:32]
             path = stats_cache_dir() / f"{metric}-{tag}.npz"
             cached = load_cached_stats(path)
             if cached is None:
                 running = RunningStats(self.detectors[metric].dim)
                 for start in range(0, len(self.real_clips), 8):
                     batch = torch.stack([self.real_clips[i] for i in range(start, min(start + 8, len(self.real_clips)))])
-                    running.update(self._features(batch, metric))
+                    running.update(self._features(batch, metric))  # (8, F, R, R, 3) at a time
                 cached = running.gaussian()
                 save_cached_stats(path, cached)
             stats[metric] = cached
         return stats
 
+    def other_real(self, count: int) -> dict[str, float]:
+        """FVD and FID of `count` other real clips (another draw seed): the floor at this sample count."""
+        from dataclasses import replace
+
+        from latte.metrics.clips import open_real
+
+        others = open_real(self.spec, replace(self.protocol, num_clips=count, seed=self.protocol.seed + 1))
+        return self.score(torch.stack([others[i] for i in range(len(others))]))
+
     def __call__(self, videos: torch.Tensor) -> dict[str, float]:
         from latte.metrics.clips import resize_center_crop
-        from latte.metrics.stats import RunningStats, frechet_distance
         from latte.metrics.videos import to_uint8
 
-        clips = torch.stack([resize_center_crop(c, self.protocol.resolution) for c in to_uint8(videos)])
+        return self.score(torch.stack([resize_center_crop(c, self.protocol.resolution) for c in to_uint8(videos)]))
+
+    def score(self, clips: torch.Tensor) -> dict[str, float]:
+        """clips: uint8 (N, F, R, R, 3)."""
+        from latte.metrics.stats import RunningStats, frechet_distance
+
         out = {}
         for metric in ("fvd", "fid"):
             running = RunningStats(self.detectors[metric].dim)
-            running.update(self._features(clips, metric))
+            for start in range(0, len(clips), 8):  # detector batches of 8 clips bound the memory
+                running.update(self._features(clips[start:start + 8], metric))
             fake, real = running.gaussian(), self.real[metric]
             out[metric] = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
         return out
@@ -167,6 +191,7 @@ def main() -> None:
     parser.add_argument("--fvd-fid", action="store_true", help="also FVD and frame FID against real clips")
     parser.add_argument("--real", default=None, help="real clips for FVD/FID (default: the run's dataset, for moving-mnist)")
     parser.add_argument("--real-clips", type=int, default=256)
+    parser.add_argument("--fid-frames", type=int, default=None, help="FID on this many evenly spaced frames per clip")
     parser.add_argument("--digits", action="store_true", help="Moving MNIST: digit classifier accuracy per row")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
@@ -178,6 +203,8 @@ def main() -> None:
     base = SampleRequest(num_videos=args.videos, batch_size=args.videos, seed=args.seed, prompts=args.prompt or None,
                          cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale)
     print(f"{args.videos} videos per row, guidance {base.cfg_scale}, device {device}, reference {args.reference}")
+    draw(model, diffusion, vae, text_encoder, SampleRequest(**{**base.__dict__, "num_videos": 2, "batch_size": 2}),
+         parse_row("ddim:2"), device)  # warm-up: the first row's time should not include first-call costs
     reference, ref_time, ref_cpu = draw(model, diffusion, vae, text_encoder, base, parse_row(args.reference), device)
     print(f"reference {args.reference}: {ref_time:.1f} s ({ref_cpu:.1f} s CPU)")
     scorer = classifier = None
@@ -185,7 +212,7 @@ def main() -> None:
         real = args.real or (f"{config.data.dataset}:." if config.data.dataset == "moving-mnist" else None)
         if real is None:
             parser.error("--fvd-fid needs --real for this run's dataset")
-        scorer = FrechetScorer(real, reference.shape[2], reference.shape[-1], args.real_clips, device)
+        scorer = FrechetScorer(real, reference.shape[2], reference.shape[-1], args.real_clips, device, args.fid_frames)
     if args.digits:
         from moving_mnist_quality import train_classifier
 
@@ -193,10 +220,15 @@ def main() -> None:
         print(f"digit classifier: {ceiling:.1%} on held-out real frames")
     labels = torch.tensor([i % max(model.config.num_classes, 1) for i in range(args.videos)])
 
-    results, drawn = [], {}
+    results, drawn = [], {args.reference: reference}
     header = f"{'row':<38} {'NFE':>4} {'time s':>7} {'cpu s':>7} {'PSNR dB':>8} {'SSIM':>6}"
     header += f" {'FVD':>7} {'FID':>7}" * bool(scorer) + f" {'digits':>6}" * bool(classifier) + "  vs uncached"
     print(header)
+    if scorer:
+        floor = {"row": "real", **scorer.other_real(args.videos)}
+        results.append(floor)
+        print(f"{'real (' + str(args.videos) + ' other real clips)':<38} {'':>4} {'':>7} {'':>7} {'':>8} {'':>6}"
+              f" {floor['fvd']:>7.1f} {floor['fid']:>7.1f}", flush=True)
     for spec in [s for s in args.rows.split(",") if s] + [args.reference]:
         row = parse_row(spec)
         videos, seconds, cpu = (reference, ref_time, ref_cpu) if spec == args.reference else draw(

@@ -17,6 +17,12 @@ Clips are 16 x 32 x 32 x 4 latents (256 px through the SD VAE), unconditional. M
 (latte.models.forward_flops of our model at this shape, used for every row) / step time / peak; the
 peak is the GPU's dense bf16 figure or --peak-tflops; on CPU no MFU is shown. --parallel only matters
 under torchrun with several processes (every rank runs every row; rank 0 prints).
+
+--rounds R > 1 (the CPU default, 3) builds every row first and then times them in turns, R rounds of
+--steps steps each in a rotated order, and reports each row's median round: a shared or throttling
+CPU drifts by 10-20% between minutes, which would otherwise land on whichever row ran then. With one
+round (the CUDA default) each row runs alone, so its peak memory is its own. The last lines give the
+speed ratios of latte's rows to the others.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import contextlib
 import gc
 import importlib.util
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +86,32 @@ def measure(build, steps: int, warmup: int, device: torch.device) -> dict:
     return {"ms": ms, "first_s": first, "peak_gb": peak}
 
 
+def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.device) -> dict[str, dict]:
+    """Every row built and warmed up, then timed in `rounds` rotated turns of `steps` steps; median round per row."""
+    built = []
+    for label, build in builders:
+        step = build()
+        start = time.perf_counter()
+        step()
+        sync(device)
+        first = time.perf_counter() - start
+        for _ in range(warmup - 1):
+            step()
+        built.append((label, step, first))
+    rounds_ms: dict[str, list[float]] = {label: [] for label, _, _ in built}
+    for r in range(rounds):
+        shift = r % len(built)
+        for label, step, _ in built[shift:] + built[:shift]:
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            rounds_ms[label].append(1000 * (time.perf_counter() - start) / steps)
+    return {label: {"ms": statistics.median(rounds_ms[label]), "first_s": first, "peak_gb": None,
+                    "spread": (min(rounds_ms[label]), max(rounds_ms[label]))} for label, _, first in built}
+
+
 def model_step(model, inputs: dict, target: torch.Tensor, autocast, fused: bool, output=lambda out: out):
     """forward, MSE on the first C output channels, backward, AdamW step."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=fused)
@@ -94,8 +127,10 @@ def model_step(model, inputs: dict, target: torch.Tensor, autocast, fused: bool,
     return step
 
 
-def official_step(state: dict, x, t, target, heads: int, patch: int, out_channels: int, autocast, sdpa: bool):
-    """The official forward re-statement on leaf tensors (x (B, C, F, H, W) -> the official (B, F, C, H, W))."""
+def official_step(state: dict, x, t, target, heads: int, patch: int, out_channels: int, autocast, sdpa: bool,
+                  tf32: bool = False):
+    """The official forward re-statement on leaf tensors (x (B, C, F, H, W) -> the official (B, F, C, H, W));
+    tf32: TF32 matmuls during the step, as the official training script enables them on CUDA."""
     forward = official_reference().official_forward
     params = {k: v.detach().to(x.device, copy=True).requires_grad_(v.is_floating_point() and not k.endswith("_embed"))
               for k, v in state.items()}
@@ -103,9 +138,14 @@ def official_step(state: dict, x, t, target, heads: int, patch: int, out_channel
     channels = target.shape[1]
 
     def step():
-        with autocast:
-            out = forward(params, x.transpose(1, 2), t, None, heads, patch, out_channels, sdpa=sdpa)
-        F.mse_loss(out[:, :, :channels].float().transpose(1, 2), target).backward()
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32 or previous
+        try:
+            with autocast:
+                out = forward(params, x.transpose(1, 2), t, None, heads, patch, out_channels, sdpa=sdpa)
+            F.mse_loss(out[:, :, :channels].float().transpose(1, 2), target).backward()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -147,6 +187,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="clips per device")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 20 on CUDA, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds of --steps per row, median reported (default: 1 on CUDA, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time regionally compiled latte")
     parser.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
                         help="the `latte train` row, under torchrun")
@@ -162,6 +204,7 @@ def main() -> None:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     args.steps = args.steps or (20 if device.type == "cuda" else 5)
+    args.rounds = args.rounds or (1 if device.type == "cuda" else 3)
     args.bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     rows = args.rows.split(",")
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -213,28 +256,40 @@ def main() -> None:
         common = (state, x, t, target, c.num_heads, c.patch_size, c.out_channels)
         if "official" in rows:
             yield ("official (fp32, TF32, math attn)" if device.type == "cuda" else "official (fp32, math attn)"), \
-                lambda: official_step(*common, contextlib.nullcontext(), sdpa=False)
+                lambda: official_step(*common, contextlib.nullcontext(), sdpa=False, tf32=device.type == "cuda")
         if "official-sdpa" in rows:
             yield f"official ({'bf16' if args.bf16 else 'fp32'}, SDPA)", \
                 lambda: official_step(*common, autocast, sdpa=True)
 
-    show(f"{'':34} {'ms/step':>9} {'clips/s':>8} {'peak GB':>8} {'MFU':>6}  first step")
-    for label, build in builders():
-        tf32 = label.startswith("official (fp32") and device.type == "cuda"
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32 or previous
+    show(f"{'':34} {'ms/step':>9} {'clips/s':>8} {'peak GB':>8} {'MFU':>6}  first step"
+         + ("  (rounds: min-max ms)" if args.rounds > 1 else ""))
+    results = {}
+
+    def report(label: str, result: dict) -> None:
+        results[label] = result["ms"]
+        clips = args.batch / (result["ms"] / 1000)
+        utilisation = "" if peak is None else f"{mfu.utilisation(flops / args.batch, clips, peak):6.1%}"
+        memory = "" if result["peak_gb"] is None else f"{result['peak_gb']:8.2f}"
+        spread = f"  ({result['spread'][0]:.0f}-{result['spread'][1]:.0f})" if "spread" in result else ""
+        show(f"{label:34} {result['ms']:9.1f} {clips:8.2f} {memory:>8} {utilisation:>6}  {result['first_s']:.1f} s{spread}")
+
+    if args.rounds > 1:
+        for label, result in interleaved(builders(), args.steps, args.warmup, args.rounds, device).items():
+            report(label, result)
+    for label, build in builders() if args.rounds == 1 else ():
         try:
             result = measure(build, args.steps, args.warmup, device)  # the row's model and optimizer die here
         except torch.OutOfMemoryError:
             show(f"{label:34} out of memory")
             continue
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
             gc.collect()
-        clips = args.batch / (result["ms"] / 1000)
-        utilisation = "" if peak is None else f"{mfu.utilisation(flops / args.batch, clips, peak):6.1%}"
-        memory = "" if result["peak_gb"] is None else f"{result['peak_gb']:8.2f}"
-        show(f"{label:34} {result['ms']:9.1f} {clips:8.2f} {memory:>8} {utilisation:>6}  {result['first_s']:.1f} s")
+        report(label, result)
+    ours = [label for label in results if label.startswith("latte")]
+    for label in ours:
+        others = [f"{results[other] / results[label]:.2f}x {other}" for other in results if other not in ours]
+        if others:
+            show(f"{label} speed: " + ", ".join(others))
 
 
 if __name__ == "__main__":
