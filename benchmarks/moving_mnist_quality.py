@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from latte.commands.sample import load_for_sampling
 from latte.metrics.mnist import digit_readings, motion, real_motion, train_classifier
 from latte.sampling import SampleRequest, generate

@@ -135,7 +135,7 @@ def test_pab_off_is_unchanged_interval_one_is_bit_identical_and_the_model_is_res
 
 
 def test_pab_reuses_each_kind_on_its_own_interval_inside_its_range_only():
-    model, diffusion = text_model(), GaussianDiffusion(prediction="x0", learn_sigma=False)
+    model = text_model()
     kinds = [k for k, _ in attention_modules(model)]
     assert kinds.count("spatial") == 2 and kinds.count("temporal") == 2 and kinds.count("cross") == 2
     settings = PABSettings.parse("spatial=2@0-999,temporal=3@0-999,cross=4@500-999")

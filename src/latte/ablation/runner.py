@@ -21,7 +21,8 @@ from latte.ablation.evaluation import EvalSettings, Evaluator
 from latte.ablation.studies import Option, Study
 from latte.data.cache import atomic_write_text
 from latte.errors import LatteError
-from latte.train.config import Config, load_config, validate
+from latte.train.checks import validate
+from latte.train.config import Config, load_config
 
 STATE_FILE = "ablate.json"
 EVALS_FILE = "evals.jsonl"

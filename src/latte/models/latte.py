@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latte.errors import LatteError
-from latte.models.blocks import Context, LatteBlock, block_kinds, layer_norm, to_spatial, with_images
+from latte.models.blocks import Context, LatteBlock, block_kinds, layer_norm, with_images
 from latte.models.config import ModelConfig
 from latte.models.layers import (MASK_BIAS, CaptionProjection, LabelEmbedder, TimestepEmbedder, modulate,
                                  rope_table, sincos_1d, sincos_2d)
