@@ -32,7 +32,7 @@ def text_config(output, *overrides):
 
 def text_model_config():
     """The model config the trainer gives the tiny text run: 1x4x16x16 clips, MiniLM captions (width 384)."""
-    from latte.train.trainer import make_model_config
+    from latte.train.build import make_model_config
 
     return make_model_config(text_config("unused"), torch.zeros(1, 4, 16, 16), 0, caption_channels=384)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from latte.cli import main
+from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.train import trainer as trainer_module
 from latte.train.checkpoint import list_checkpoints, load_checkpoint
@@ -91,7 +92,7 @@ def test_checkpoints_are_pruned_and_written_atomically(tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, "train.max_steps=5", "train.checkpoint_every=2")
-    original = trainer_module.GaussianDiffusion.training_losses
+    original = GaussianDiffusion.training_losses
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -101,7 +102,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_module.GaussianDiffusion, "training_losses", poisoned)
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
     with pytest.raises(LatteError, match="non-finite at step 3.*step_0000002.pt"):
         train(config, write_samples_at_end=False)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.pt"]

@@ -64,7 +64,7 @@ def load_for_sampling(checkpoint: str, use_ema: bool = True):
     from latte.train.checkpoint import load_checkpoint
     from latte.train.config import config_from_dict
     from latte.train.finetune import run_model
-    from latte.train.trainer import make_diffusion
+    from latte.train.build import make_diffusion
 
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
@@ -121,7 +121,7 @@ def run(args) -> int:
 
     from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
     from latte.train.parallelize import compile_blocks
-    from latte.train.trainer import pick_device
+    from latte.train.build import pick_device
     from latte.video_io import save_videos
 
     from latte.sample_folder import check_arguments, check_output, claim_folder

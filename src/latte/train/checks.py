@@ -164,7 +164,7 @@ def check_model_shape(config: Config) -> None:
         return
     import torch
 
-    from latte.train.trainer import make_model_config
+    from latte.train.build import make_model_config
 
     factor = 8 if d.vae != "none" else 1  # the Stable Diffusion VAE downsamples 8x
     if d.resolution % factor:

@@ -17,69 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
-from latte.models import ModelConfig, build_model, init_from_dit, init_from_pixart, model_config
+from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.train import distributed, finetune, mfu, parallelize
+from latte.train.build import build_training_data, dataset_num_classes, make_diffusion, make_model_config, pick_device
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LatteError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def build_training_data(config: Config):
-    """(dataset, vae or None, encode): clips decoded on the fly (encoded by the VAE when one is set:
-    encode=True), or latents from a cache (its VAE is loaded only to decode samples: encode=False)."""
-    from latte.data import build_dataset
-    from latte.vae import load_vae
-
-    data = config.data
-    if data.cache:
-        from latte.data.cache import LatentCacheDataset
-
-        dataset = LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip, seed=config.train.seed)
-        return dataset, load_vae(dataset.manifest.get("vae", "none")), False
-    own = data.mnist_kwargs() if data.is_moving_mnist else {}
-    dataset = build_dataset(data.dataset, data.root, num_frames=data.num_frames, frame_interval=data.frame_interval,
-                            resolution=data.resolution, images_per_clip=data.images_per_clip, seed=config.train.seed,
-                            **own)
-    return dataset, load_vae(data.vae), True
-
-
-def dataset_num_classes(dataset) -> int:
-    return int(getattr(dataset, "num_classes", 0) or 0)
-
-
-def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, caption_channels: int = 0) -> ModelConfig:
-    """Model config for clips shaped like `sample` (C, F, H, W) (latents when a VAE is used): a class /
-    unconditional model, or a text-to-video one reading `caption_channels`-wide caption features."""
-    m = config.model
-    options = dict(variant=m.variant, patch_embed=m.patch_embed, tubelet_frames=m.tubelet_frames,
-                   temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio, learn_sigma=m.learn_sigma,
-                   grad_checkpointing=m.grad_checkpointing, in_channels=sample.shape[0], num_frames=sample.shape[1],
-                   input_size=tuple(sample.shape[2:]))
-    if caption_channels:  # the text conditioner (adaln-single with cross-attention) comes with the name
-        options["caption_channels"] = caption_channels
-    else:
-        options.update(conditioning=m.conditioning, class_dropout=m.class_dropout,
-                       num_classes=num_classes if m.class_conditional else 0)
-    for key in ("hidden_size", "depth", "num_heads", "patch_size"):
-        if getattr(m, key) is not None:
-            options[key] = getattr(m, key)
-    return model_config(m.name, **options)
-
-
-def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
-    d = config.diffusion
-    return GaussianDiffusion(num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
-                             learn_sigma=learn_sigma, prediction=d.prediction, loss_weighting=d.loss_weighting,
-                             min_snr_gamma=d.min_snr_gamma)
 
 
 def rng_state(noise: torch.Generator) -> dict:
