@@ -39,11 +39,13 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, F, H, W) -> (B, F', N, D), tokens row-major over the (H/p, W/p) grid."""
+        # .contiguous(): the convolution writes channels first; left as a view, every residual sum after
+        # it would keep that layout and every LayerNorm of the network would copy its input
         if self.tubelet:
-            return self.proj(x).flatten(3).permute(0, 2, 3, 1)  # (B, D, F/s, h, w) -> (B, F/s, N, D)
+            return self.proj(x).flatten(3).permute(0, 2, 3, 1).contiguous()  # (B, D, F/s, h, w) -> (B, F/s, N, D)
         batch = x.shape[0]
         frames = x.transpose(1, 2).flatten(0, 1)  # (B*F, C, H, W)
-        tokens = self.proj(frames).flatten(2).transpose(1, 2)  # (B*F, N, D)
+        tokens = self.proj(frames).flatten(2).transpose(1, 2).contiguous()  # (B*F, N, D)
         return tokens.unflatten(0, (batch, -1))
 
 
