@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from latte.commands.sample import load_for_sampling, text_encoder_for
+from latte.host_memory import keep_freed_memory
 from latte.sampling import SampleRequest, generate
 
 DEFAULT_ROWS = ("ddpm:250,ddim:25,ddim:50,ddim:100,dpm-solver:10,dpm-solver:15,dpm-solver:20,dpm-solver:25,"
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
+    keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
 
     device = torch.device(args.device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint)

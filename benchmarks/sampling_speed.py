@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from latte.diffusion import GaussianDiffusion
+from latte.host_memory import keep_freed_memory
 from latte.models import create_model
 from latte.sampling import SampleRequest, generate
 from latte.train.parallelize import compile_blocks
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
 
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from model_speed import build_diffusers  # benchmarks/model_speed.py, beside this file
 
+from latte.host_memory import keep_freed_memory
 from latte.models import create_model, forward_flops
 from latte.train import mfu
 
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
     device = torch.device(args.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.traceback or os.environ.get("LATTE_DEBUG", "") not in ("", "0")
+    from latte.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # CPU tensors reuse freed heap memory instead of faulting in fresh pages
     try:
         return int(modules[args.command].run(args) or 0)
     except LatteError as exc:
