@@ -71,6 +71,14 @@ def measure(build, steps: int, warmup: int, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     step = build()
+    first = warm_up(step, warmup, device)
+    ms = timed(step, steps, device)
+    peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**30 if device.type == "cuda" else None
+    return {"ms": ms, "first_s": first, "peak_gb": peak}
+
+
+def warm_up(step, warmup: int, device: torch.device) -> float:
+    """`warmup` untimed calls; returns the first one's seconds (compilation happens there)."""
     start = time.perf_counter()
     step()
     sync(device)
@@ -78,13 +86,17 @@ def measure(build, steps: int, warmup: int, device: torch.device) -> dict:
     for _ in range(warmup - 1):
         step()
     sync(device)
+    return first
+
+
+def timed(step, steps: int, device: torch.device) -> float:
+    """Mean milliseconds of `steps` calls."""
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    ms = 1000 * (time.perf_counter() - start) / steps
-    peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**30 if device.type == "cuda" else None
-    return {"ms": ms, "first_s": first, "peak_gb": peak}
+    return 1000 * (time.perf_counter() - start) / steps
 
 
 def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.device) -> dict[str, dict]:
@@ -92,23 +104,12 @@ def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.de
     built = []
     for label, build in builders:
         step = build()
-        start = time.perf_counter()
-        step()
-        sync(device)
-        first = time.perf_counter() - start
-        for _ in range(warmup - 1):
-            step()
-        built.append((label, step, first))
+        built.append((label, step, warm_up(step, warmup, device)))
     rounds_ms: dict[str, list[float]] = {label: [] for label, _, _ in built}
     for r in range(rounds):
         shift = r % len(built)
         for label, step, _ in built[shift:] + built[:shift]:
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync(device)
-            rounds_ms[label].append(1000 * (time.perf_counter() - start) / steps)
+            rounds_ms[label].append(timed(step, steps, device))
     return {label: {"ms": statistics.median(rounds_ms[label]), "first_s": first, "peak_gb": None,
                     "spread": (min(rounds_ms[label]), max(rounds_ms[label]))} for label, _, first in built}
 
