@@ -132,7 +132,6 @@ class FrechetScorer:
 
     def _real_stats(self) -> dict:
         from latte.metrics.evaluate import cache_key, load_cached_stats, save_cached_stats, stats_cache_dir
-        from latte.metrics.stats import RunningStats
 
         stats = {}
         for metric in ("fvd", "fid"):
@@ -142,11 +141,7 @@ class FrechetScorer:
             path = stats_cache_dir() / f"{metric}-{tag}.npz"
             cached = load_cached_stats(path)
             if cached is None:
-                running = RunningStats(self.detectors[metric].dim)
-                for start in range(0, len(self.real_clips), 8):
-                    batch = torch.stack([self.real_clips[i] for i in range(start, min(start + 8, len(self.real_clips)))])
-                    running.update(self._features(batch, metric))  # (8, F, R, R, 3) at a time
-                cached = running.gaussian()
+                cached = self._gaussian(self.real_clips, metric)
                 save_cached_stats(path, cached)
             stats[metric] = cached
         return stats
@@ -157,8 +152,7 @@ class FrechetScorer:
 
         from latte.metrics.clips import open_real
 
-        others = open_real(self.spec, replace(self.protocol, num_clips=count, seed=self.protocol.seed + 1))
-        return self.score(torch.stack([others[i] for i in range(len(others))]))
+        return self.score(open_real(self.spec, replace(self.protocol, num_clips=count, seed=self.protocol.seed + 1)))
 
     def __call__(self, videos: torch.Tensor) -> dict[str, float]:
         from latte.metrics.clips import resize_center_crop
@@ -166,16 +160,24 @@ class FrechetScorer:
 
         return self.score(torch.stack([resize_center_crop(c, self.protocol.resolution) for c in to_uint8(videos)]))
 
-    def score(self, clips: torch.Tensor) -> dict[str, float]:
-        """clips: uint8 (N, F, R, R, 3)."""
-        from latte.metrics.stats import RunningStats, frechet_distance
+    def _gaussian(self, clips, metric: str):
+        """Feature mean and covariance of clips (a uint8 (N, F, R, R, 3) tensor or a ClipSet), 8 clips at a
+        time (detector batches bound the memory)."""
+        from latte.metrics.stats import RunningStats
+
+        running = RunningStats(self.detectors[metric].dim)
+        for start in range(0, len(clips), 8):
+            running.update(self._features(torch.stack([clips[i] for i in range(start, min(start + 8, len(clips)))]),
+                                          metric))
+        return running.gaussian()
+
+    def score(self, clips) -> dict[str, float]:
+        """clips: uint8 (N, F, R, R, 3), or a ClipSet of such clips."""
+        from latte.metrics.stats import frechet_distance
 
         out = {}
         for metric in ("fvd", "fid"):
-            running = RunningStats(self.detectors[metric].dim)
-            for start in range(0, len(clips), 8):  # detector batches of 8 clips bound the memory
-                running.update(self._features(clips[start:start + 8], metric))
-            fake, real = running.gaussian(), self.real[metric]
+            fake, real = self._gaussian(clips, metric), self.real[metric]
             out[metric] = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
         return out
 
