@@ -199,6 +199,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
+    if args.fid_frames is not None and args.fid_frames < 1:
+        parser.error(f"--fid-frames must be >= 1, got {args.fid_frames}")
     keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
 
     device = torch.device(args.device)
