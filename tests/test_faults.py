@@ -263,6 +263,8 @@ def sample_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*base, "--output", str(tmp / "a-file")], "a file of that name exists"),
         ([*base, "--output", "/proc/latte-x/a.mp4"], "cannot create"),
         ([*base, "--output", str(tmp / "v.avi")], "--output must end in"),
+        *([([*base, "--output", str(tmp / "v.mp4"), "--device", "cuda"], "--device=cuda asks for CUDA")]
+          if not torch.cuda.is_available() else []),
     ]
 
 
@@ -357,3 +359,15 @@ def test_convert_official_on_a_latte_checkpoint_is_one_plain_line(run_dir, tmp_p
     assert main(["convert", "--from", "official", "--to", "latte", str(checkpoint), str(tmp_path / "out.pt")]) == 2
     (line,) = error_lines(capsys.readouterr().err, "convert")
     assert "not an official Latte checkpoint" in line and "--from latte" in line and "\x1b" not in line
+
+
+def test_a_device_that_is_not_there_is_one_named_error():
+    from latte.devices import pick_device
+    from latte.errors import LatteError
+
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(LatteError, match="train.device=gpu is not a device"):
+        pick_device("gpu", "train.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(LatteError, match="--device=cuda:1 asks for CUDA, but no CUDA device is visible"):
+            pick_device("cuda:1")

@@ -19,7 +19,7 @@ import torch
 
 from latte.errors import LatteError
 from latte.metrics.clips import ClipProtocol, ClipSet, tree_fingerprint
-from latte.metrics.evaluate import EvalOptions, _real_statistics, build_detectors, exact_float32, stats_cache_dir
+from latte.metrics.evaluate import EvalOptions, build_detectors, exact_float32, real_statistics, stats_cache_dir
 from latte.metrics.stats import RunningStats, frechet_distance
 from latte.metrics.videos import to_uint8
 from latte.sampling import SampleRequest, generate
@@ -121,7 +121,7 @@ class Evaluator:
                 self._detectors, _ = build_detectors(options, self.device)
                 real = TrainingClips(self.data, self.protocol)
                 with exact_float32(self.device):
-                    self._real, _, _ = _real_statistics(options, real, self._detectors)
+                    self._real, _, _ = real_statistics(options, real, self._detectors)
             except LatteError as exc:  # missing detector weights or real data: the reason goes in the report
                 for metric in wanted:
                     self.unavailable[metric] = str(exc)

@@ -44,8 +44,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from latte.devices import pick_device
     from latte.metrics.clips import ClipProtocol
-    from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, pick_device, write_report
+    from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, write_report
 
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRICS]

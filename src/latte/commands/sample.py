@@ -119,9 +119,9 @@ def write_manifest(folder: Path, model, request) -> Path:
 def run(args) -> int:
     import torch
 
+    from latte.devices import pick_device
     from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
     from latte.train.parallelize import compile_blocks
-    from latte.train.build import pick_device
     from latte.video_io import save_videos
 
     from latte.sample_folder import check_arguments, check_output, claim_folder

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from latte.data.datasets import keyed_generator, other_clip, randint
+from latte.devices import pick_device
 from latte.errors import LatteError
 from latte.files import LOCK_NAME, FolderLock, atomic_path, atomic_write_text, remove_stale_temps
 
@@ -153,6 +154,7 @@ def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str,
             log) -> Path:
     from latte.vae import load_vae
 
+    device = str(pick_device(device))  # a missing GPU is refused before any work
     dataset, entries, header = _plan(settings)
     num_shards = header["num_shards"]
     previous = read_manifest(output) if (output / MANIFEST).is_file() else None
@@ -166,8 +168,6 @@ def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str,
     remove_stale_temps(output)  # half-written files of an interrupted run
     todo = [k for k in range(num_shards) if not shard_path(output, k).is_file()]
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     vae = load_vae(settings.vae, device=device, chunk_size=chunk_size)
     if vae is None:
         raise LatteError("encoding needs a VAE: --vae none caches nothing")

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import latte
+from latte.devices import pick_device
 from latte.errors import LatteError
 from latte.metrics.clips import ClipProtocol, ClipSet, open_fake, open_real
 from latte.metrics.stats import Gaussian, RunningStats, frechet_distance, inception_score
@@ -80,14 +81,6 @@ def exact_float32(device: torch.device):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LatteError("--device cuda asked for, but no CUDA device is visible: use --device cpu")
-    return torch.device(name)
 
 
 def in_precision(run: Callable[[torch.Tensor], torch.Tensor], precision: str, device: torch.device):
@@ -205,9 +198,10 @@ def extract(clips: ClipSet, consumers: dict[str, Callable[[torch.Tensor], None]]
     return seen
 
 
-def _real_statistics(options: EvalOptions, real_clips: ClipSet | None, detectors: dict[str, Detector]
+def real_statistics(options: EvalOptions, real_clips: ClipSet | None, detectors: dict[str, Detector]
                      ) -> tuple[dict[str, Gaussian], dict[str, str], dict[str, Path]]:
-    """Real feature Gaussians per Fréchet metric, from the cache where present, else one pass for all of them."""
+    """Real feature Gaussians per Fréchet metric, from the cache where present, else one pass for all of them
+    (`latte eval` and the ablation runner's frame FID), with where each came from and its cache file."""
     real_stats: dict[str, Gaussian] = {}
     real_origin: dict[str, str] = {}
     cache_files: dict[str, Path] = {}
@@ -256,7 +250,7 @@ def evaluate(options: EvalOptions) -> dict:
     if "is" in detectors:
         consumers["is"] = lambda batch: probabilities.append(detectors["is"](batch))
     with exact_float32(device):
-        real_stats, real_origin, cache_files = _real_statistics(options, real_clips, detectors)
+        real_stats, real_origin, cache_files = real_statistics(options, real_clips, detectors)
         # Generated clips: one pass for every metric.
         fake_count = extract(fake_clips, consumers, f"generated features ({', '.join(detectors)})",
                              options.batch_size, options.workers) if consumers else len(fake_clips)

@@ -1,21 +1,12 @@
-"""What a training config builds: the device, the training data (clips, or latents from a cache), the
+"""What a training config builds: the training data (clips, or latents from a cache), the
 model config for the data's clip shape, and the diffusion process."""
 from __future__ import annotations
 
 import torch
 
 from latte.diffusion import GaussianDiffusion
-from latte.errors import LatteError
 from latte.models import ModelConfig, model_config
 from latte.train.config import Config
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LatteError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def build_training_data(config: Config):

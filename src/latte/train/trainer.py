@@ -20,7 +20,8 @@ from tqdm import tqdm
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.train import distributed, finetune, mfu, parallelize
-from latte.train.build import build_training_data, dataset_num_classes, make_diffusion, make_model_config, pick_device
+from latte.devices import pick_device
+from latte.train.build import build_training_data, dataset_num_classes, make_diffusion, make_model_config
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
 
@@ -48,7 +49,7 @@ def set_rng_state(state: dict, noise: torch.Generator) -> None:
 class Trainer:
     def __init__(self, config: Config, log=print):
         self.config = config
-        self.device = pick_device(config.train.device)
+        self.device = pick_device(config.train.device, "train.device")
         self.dist = distributed.setup(self.device)
         self.log = log if self.dist.main else (lambda *_: None)
         if self.dist.enabled and self.device.type == "cuda":

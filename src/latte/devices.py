@@ -1,0 +1,22 @@
+"""The device a command runs on, from its --device / train.device setting."""
+from __future__ import annotations
+
+import torch
+
+from latte.errors import LatteError
+
+
+def pick_device(name: str, setting: str = "--device") -> torch.device:
+    """"auto" (CUDA when visible, else the CPU), "cpu", "cuda" or "cuda:N"; `setting` names the option in
+    the one-line error a device that is not there gets."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LatteError(f"{setting}={name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LatteError(f"{setting}={name} asks for CUDA, but no CUDA device is visible: use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LatteError(f"{setting}={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
