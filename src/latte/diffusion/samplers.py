@@ -143,7 +143,9 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     if guided:
         uncond = {**kwargs, **(uncond_kwargs if uncond_kwargs is not None else {"y": torch.full_like(y, null_class)})}
         kwargs = {key: _pair(value, uncond[key]) for key, value in kwargs.items()}
-    step_kwargs = {"generator": generator} if sampler in ("ddpm", "ddim") else {}
+    # every scheduler that draws noise (DDPM, DDIM with eta, SDE variants of DPM-Solver++) draws it from
+    # `generator`, never from the global RNG: samples are a function of the seed alone
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     if sampler == "ddim":
         step_kwargs["eta"] = eta
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress, leave=False):
