@@ -18,6 +18,9 @@ Every row samples the same videos (same seeds, same labels or prompts, same guid
 - wall time and network evaluations (NFE: model calls, each one batched pass over the conditional
   and unconditional halves when guided);
 - for a row with cache=pab: PSNR against the same row without the cache (listed earlier in --rows).
+With --bootstrap N (and --fvd-fid) the last lines give each row's FVD ratio to --baseline (default:
+the first row) with a 90% interval over N paired resamples of the videos: how much of a difference
+between two rows the sample count alone could make.
 A row is SAMPLER:STEPS with optional :KEY=VALUE fields: grid=diffusers (the scheduler's own
 timesteps), cache=pab, cache_options=... (kinds separated by ';'), precision=bf16, or any diffusers scheduler setting
 (e.g. dpm-solver:20:use_karras_sigmas=true). The reference row takes the same form.
@@ -30,6 +33,7 @@ import json
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,7 +150,7 @@ class FrechetScorer:
             stats[metric] = cached
         return stats
 
-    def other_real(self, count: int) -> dict[str, float]:
+    def other_real(self, count: int) -> tuple[dict[str, float], np.ndarray]:
         """FVD and FID of `count` other real clips (another draw seed): the floor at this sample count."""
         from dataclasses import replace
 
@@ -154,32 +158,55 @@ class FrechetScorer:
 
         return self.score(open_real(self.spec, replace(self.protocol, num_clips=count, seed=self.protocol.seed + 1)))
 
-    def __call__(self, videos: torch.Tensor) -> dict[str, float]:
+    def __call__(self, videos: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
         from latte.metrics.clips import resize_center_crop
         from latte.metrics.videos import to_uint8
 
         return self.score(torch.stack([resize_center_crop(c, self.protocol.resolution) for c in to_uint8(videos)]))
 
+    def _batches(self, clips, metric: str):
+        """Detector features of clips (a uint8 (N, F, R, R, 3) tensor or a ClipSet), 8 clips at a time
+        (detector batches bound the memory)."""
+        for start in range(0, len(clips), 8):
+            yield np.asarray(self._features(torch.stack([clips[i] for i in range(start, min(start + 8, len(clips)))]),
+                                            metric), dtype=np.float64)
+
     def _gaussian(self, clips, metric: str):
-        """Feature mean and covariance of clips (a uint8 (N, F, R, R, 3) tensor or a ClipSet), 8 clips at a
-        time (detector batches bound the memory)."""
+        """Feature mean and covariance of clips, accumulated batch by batch."""
         from latte.metrics.stats import RunningStats
 
         running = RunningStats(self.detectors[metric].dim)
-        for start in range(0, len(clips), 8):
-            running.update(self._features(torch.stack([clips[i] for i in range(start, min(start + 8, len(clips)))]),
-                                          metric))
+        for features in self._batches(clips, metric):
+            running.update(features)
         return running.gaussian()
 
-    def score(self, clips) -> dict[str, float]:
-        """clips: uint8 (N, F, R, R, 3), or a ClipSet of such clips."""
+    def score(self, clips) -> tuple[dict[str, float], np.ndarray]:
+        """FVD and FID of clips (uint8 (N, F, R, R, 3), or a ClipSet of such clips), and their FVD features
+        (N, dim), kept for the bootstrap (FID's per-frame features are not kept)."""
         from latte.metrics.stats import frechet_distance
 
-        out = {}
-        for metric in ("fvd", "fid"):
-            fake, real = self._gaussian(clips, metric), self.real[metric]
-            out[metric] = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
-        return out
+        fvd_features = np.concatenate(list(self._batches(clips, "fvd")))
+        fid = self._gaussian(clips, "fid")
+        real = self.real
+        return {"fvd": frechet_distance(real["fvd"].mean, real["fvd"].cov, fvd_features.mean(0),
+                                        np.cov(fvd_features, rowvar=False)),
+                "fid": frechet_distance(real["fid"].mean, real["fid"].cov, fid.mean, fid.cov)}, fvd_features
+
+    def fvd_ratio_interval(self, features: np.ndarray, baseline: np.ndarray, resamples: int,
+                           seed: int = 0) -> tuple[float, float]:
+        """5th and 95th percentile of FVD(row) / FVD(baseline) over paired bootstrap resamples of the videos:
+        the same video indices for both rows (they share seeds and labels), the real statistics fixed. The
+        spread that the sample count alone leaves in the ratio."""
+        from latte.metrics.stats import FrechetToRows
+
+        fvd = FrechetToRows(self.real["fvd"].mean, self.real["fvd"].cov)
+        rng = np.random.default_rng(seed)
+        ratios = []
+        for _ in range(resamples):
+            pick = rng.integers(0, len(features), len(features))
+            ratios.append(fvd(features[pick]) / fvd(baseline[pick]))
+        low, high = np.percentile(ratios, [5, 95])
+        return float(low), float(high)
 
 
 def main() -> None:
@@ -198,9 +225,16 @@ def main() -> None:
     parser.add_argument("--digits", action="store_true", help="Moving MNIST: digit classifier accuracy per row")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="with --fvd-fid: N paired resamples give each row's FVD ratio to --baseline a 90%% interval")
+    parser.add_argument("--baseline", default=None, help="the row FVD ratios are taken to (default: the first of --rows)")
     args = parser.parse_args()
     if args.fid_frames is not None and args.fid_frames < 1:
         parser.error(f"--fid-frames must be >= 1, got {args.fid_frames}")
+    specs = [s for s in args.rows.split(",") if s] + [args.reference]
+    args.baseline = args.baseline or specs[0]
+    if args.bootstrap and (not args.fvd_fid or args.baseline not in specs):
+        parser.error(f"--bootstrap needs --fvd-fid and a --baseline among the rows, got {args.baseline!r}")
     keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
 
     device = torch.device(args.device)
@@ -226,16 +260,17 @@ def main() -> None:
         print(f"digit classifier: {ceiling:.1%} on held-out real frames")
     labels = torch.tensor([i % max(model.config.num_classes, 1) for i in range(args.videos)])
 
-    results, drawn = [], {args.reference: reference}
+    results, drawn, features = [], {args.reference: reference}, {}
     header = f"{'row':<38} {'NFE':>4} {'time s':>7} {'cpu s':>7} {'PSNR dB':>8} {'SSIM':>6}"
     header += f" {'FVD':>7} {'FID':>7}" * bool(scorer) + f" {'digits':>6}" * bool(classifier) + "  vs uncached"
     print(header)
     if scorer:
-        floor = {"row": "real", **scorer.other_real(args.videos)}
+        scores, _ = scorer.other_real(args.videos)
+        floor = {"row": "real", **scores}
         results.append(floor)
         print(f"{'real (' + str(args.videos) + ' other real clips)':<38} {'':>4} {'':>7} {'':>7} {'':>8} {'':>6}"
               f" {floor['fvd']:>7.1f} {floor['fid']:>7.1f}", flush=True)
-    for spec in [s for s in args.rows.split(",") if s] + [args.reference]:
+    for spec in specs:
         row = parse_row(spec)
         videos, seconds, cpu = (reference, ref_time, ref_cpu) if spec == args.reference else draw(
             model, diffusion, vae, text_encoder, base, row, device)
@@ -243,7 +278,8 @@ def main() -> None:
                   "psnr": psnr(videos, reference) if spec != args.reference else math.inf,
                   "ssim": ssim(videos, reference)}
         if scorer:
-            result.update(scorer(videos))
+            scores, features[spec] = scorer(videos)
+            result.update(scores)
         if classifier:
             frames = ((videos[:, :1] + 1) / 2).transpose(1, 2).flatten(0, 1)  # (N*F, 1, H, W)
             with torch.no_grad():
@@ -259,6 +295,14 @@ def main() -> None:
         line += f" {result.get('digits', 0):>6.1%}" * bool(classifier)
         line += f"  {result['psnr_vs_uncached']:.2f} dB" if "psnr_vs_uncached" in result else ""
         print(line, flush=True)
+    if args.bootstrap:
+        print(f"FVD / FVD of {args.baseline}, 90% interval of {args.bootstrap} paired resamples of the videos:")
+        base_fvd = next(r["fvd"] for r in results if r["row"] == args.baseline)
+        for result in results:
+            if result["row"] in features and result["row"] != args.baseline:
+                low, high = scorer.fvd_ratio_interval(features[result["row"]], features[args.baseline], args.bootstrap)
+                result["fvd_ratio"], result["fvd_ratio_interval"] = result["fvd"] / base_fvd, [low, high]
+                print(f"{result['row']:<38} {result['fvd_ratio']:.3f}  [{low:.3f}, {high:.3f}]", flush=True)
     if args.output:
         with open(args.output, "w") as handle:
             json.dump({"checkpoint": args.checkpoint, "videos": args.videos, "cfg_scale": base.cfg_scale,

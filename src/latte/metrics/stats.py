@@ -87,6 +87,31 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
+class FrechetToRows:
+    """Fréchet distance from one fixed Gaussian (mu1, S1) to the Gaussians of many sets of feature rows
+    (e.g. bootstrap resamples of one set): with Y = (rows - their mean) S1^(1/2), the non-zero eigenvalues
+    of S1^(1/2) S2 S1^(1/2) = Y^T Y / (N - 1) are those of the (N, N) Gram matrix Y Y^T / (N - 1), so
+    each distance costs one (N, N) eigenvalue problem instead of two (D, D) ones; exact, and the cheaper
+    route while N < D (128 videos against I3D's 400 features)."""
+
+    def __init__(self, mu1: np.ndarray, cov1: np.ndarray):
+        self.mu1 = np.asarray(mu1, np.float64)
+        cov1 = np.asarray(cov1, np.float64)
+        self.root1, self.trace1 = _sqrt_psd(cov1), float(np.trace(cov1))
+
+    def __call__(self, rows: np.ndarray) -> float:
+        rows = np.asarray(rows, np.float64)  # (N, D)
+        n = rows.shape[0]
+        if n < 2 or rows.shape[1] != self.mu1.shape[0]:
+            raise ValueError(f"need (N >= 2, {self.mu1.shape[0]}) feature rows, got {rows.shape}")
+        centred = rows - rows.mean(axis=0)
+        mapped = centred @ self.root1  # (N, D)
+        gram = mapped @ mapped.T / (n - 1)  # (N, N)
+        trace_sqrt = np.sqrt(_clip_roundoff(np.linalg.eigvalsh((gram + gram.T) / 2))).sum()
+        diff = self.mu1 - rows.mean(axis=0)
+        return float(diff @ diff + self.trace1 + (centred * centred).sum() / (n - 1) - 2.0 * trace_sqrt)
+
+
 def inception_score(probs: np.ndarray, splits: int = 10, seed: int | None = 42) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) on each of `splits` parts; returns (mean, std) over the parts.
 
