@@ -192,21 +192,23 @@ class FrechetScorer:
                                         np.cov(fvd_features, rowvar=False)),
                 "fid": frechet_distance(real["fid"].mean, real["fid"].cov, fid.mean, fid.cov)}, fvd_features
 
-    def fvd_ratio_interval(self, features: np.ndarray, baseline: np.ndarray, resamples: int,
-                           seed: int = 0) -> tuple[float, float]:
-        """5th and 95th percentile of FVD(row) / FVD(baseline) over paired bootstrap resamples of the videos:
-        the same video indices for both rows (they share seeds and labels), the real statistics fixed. The
-        spread that the sample count alone leaves in the ratio."""
+    def fvd_ratio_intervals(self, rows: dict[str, np.ndarray], baseline: np.ndarray, resamples: int,
+                            seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Per row, the 5th and 95th percentile of FVD(row) / FVD(baseline) over paired bootstrap resamples
+        of the videos: the same video indices for every row and the baseline (they share seeds and
+        labels), the real statistics fixed. The spread that the sample count alone leaves in the ratio.
+        The resamples and the baseline's distances are computed once for all rows."""
         from latte.metrics.stats import FrechetToRows
 
         fvd = FrechetToRows(self.real["fvd"].mean, self.real["fvd"].cov)
         rng = np.random.default_rng(seed)
-        ratios = []
-        for _ in range(resamples):
-            pick = rng.integers(0, len(features), len(features))
-            ratios.append(fvd(features[pick]) / fvd(baseline[pick]))
-        low, high = np.percentile(ratios, [5, 95])
-        return float(low), float(high)
+        picks = [rng.integers(0, len(baseline), len(baseline)) for _ in range(resamples)]
+        base = np.array([fvd(baseline[pick]) for pick in picks])
+        intervals = {}
+        for name, features in rows.items():
+            low, high = np.percentile(np.array([fvd(features[pick]) for pick in picks]) / base, [5, 95])
+            intervals[name] = (float(low), float(high))
+        return intervals
 
 
 def main() -> None:
@@ -298,9 +300,11 @@ def main() -> None:
     if args.bootstrap:
         print(f"FVD / FVD of {args.baseline}, 90% interval of {args.bootstrap} paired resamples of the videos:")
         base_fvd = next(r["fvd"] for r in results if r["row"] == args.baseline)
+        intervals = scorer.fvd_ratio_intervals({name: rows for name, rows in features.items() if name != args.baseline},
+                                               features[args.baseline], args.bootstrap)
         for result in results:
-            if result["row"] in features and result["row"] != args.baseline:
-                low, high = scorer.fvd_ratio_interval(features[result["row"]], features[args.baseline], args.bootstrap)
+            if result["row"] in intervals:
+                low, high = intervals[result["row"]]
                 result["fvd_ratio"], result["fvd_ratio_interval"] = result["fvd"] / base_fvd, [low, high]
                 print(f"{result['row']:<38} {result['fvd_ratio']:.3f}  [{low:.3f}, {high:.3f}]", flush=True)
     if args.output:

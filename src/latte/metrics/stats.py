@@ -104,11 +104,12 @@ class FrechetToRows:
         n = rows.shape[0]
         if n < 2 or rows.shape[1] != self.mu1.shape[0]:
             raise ValueError(f"need (N >= 2, {self.mu1.shape[0]}) feature rows, got {rows.shape}")
-        centred = rows - rows.mean(axis=0)
+        mean = rows.mean(axis=0)
+        centred = rows - mean
         mapped = centred @ self.root1  # (N, D)
         gram = mapped @ mapped.T / (n - 1)  # (N, N)
         trace_sqrt = np.sqrt(_clip_roundoff(np.linalg.eigvalsh((gram + gram.T) / 2))).sum()
-        diff = self.mu1 - rows.mean(axis=0)
+        diff = self.mu1 - mean
         return float(diff @ diff + self.trace1 + (centred * centred).sum() / (n - 1) - 2.0 * trace_sqrt)
 
 
