@@ -39,23 +39,12 @@ import torch.nn.functional as F
 
 from latte.commands.sample import load_for_sampling, text_encoder_for
 from latte.host_memory import keep_freed_memory
+from latte.diffusion.samplers import parse_option_value
 from latte.sampling import SampleRequest, generate
 
 DEFAULT_ROWS = ("ddpm:250,ddim:25,ddim:50,ddim:100,dpm-solver:10,dpm-solver:15,dpm-solver:20,dpm-solver:25,"
                 "unipc:10,unipc:15,unipc:20,deis:10,deis:15,deis:20")
 REQUEST_KEYS = ("grid", "cache", "cache_options", "precision")
-
-
-def parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def parse_row(spec: str) -> dict:
@@ -67,7 +56,7 @@ def parse_row(spec: str) -> dict:
         if key in REQUEST_KEYS:
             row[key] = value.replace(";", ",")  # cache_options: ';' between kinds (',' separates rows)
         else:
-            row["scheduler_options"][key] = parse_value(value)
+            row["scheduler_options"][key] = parse_option_value(value)
     return row
 
 

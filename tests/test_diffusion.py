@@ -190,3 +190,13 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_predict
     assert torch.equal(out["loss"], out["mse"]) and torch.equal(out["mse"], losses["x0"]["mse"])
     with pytest.raises(LatteError, match="loss_weighting must be one of none, min-snr"):
         GaussianDiffusion(loss_weighting="p2")
+
+
+def test_scheduler_options_read_as_typed_values():
+    from latte.diffusion.samplers import parse_scheduler_options
+
+    assert parse_scheduler_options("algorithm_type=sde-dpmsolver++, solver_order=3,lower_order_final=False,x=0.5") == {
+        "algorithm_type": "sde-dpmsolver++", "solver_order": 3, "lower_order_final": False, "x": 0.5}
+    assert parse_scheduler_options(None) == {} and parse_scheduler_options("") == {}
+    with pytest.raises(LatteError, match="'=3' is not KEY=VALUE"):
+        parse_scheduler_options("=3")

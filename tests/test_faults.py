@@ -263,6 +263,11 @@ def sample_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*base, "--output", str(tmp / "a-file")], "a file of that name exists"),
         ([*base, "--output", "/proc/latte-x/a.mp4"], "cannot create"),
         ([*base, "--output", str(tmp / "v.avi")], "--output must end in"),
+        ([*base, "--output", str(tmp / "v.mp4"), "--scheduler-options", "order"], "'order' is not KEY=VALUE"),
+        ([*base, "--output", str(tmp / "v.mp4"), "--sampler", "dpm-solver", "--scheduler-options", "solver_orde=3"],
+         "dpm-solver scheduler has no setting solver_orde"),
+        ([*base, "--output", str(tmp / "v.mp4"), "--sampler", "dpm-solver", "--scheduler-options", "algorithm_type=sde"],
+         "dpm-solver scheduler rejects algorithm_type=sde"),
         *([([*base, "--output", str(tmp / "v.mp4"), "--device", "cuda"], "--device=cuda asks for CUDA")]
           if not torch.cuda.is_available() else []),
     ]
@@ -284,11 +289,18 @@ def test_a_sample_folder_refuses_videos_of_other_settings(run_dir, tmp_path, cap
     assert [r["seed"] for r in rows] == [0, 1]  # each video's own noise seed
     assert main([*argv, "--num-videos", "3"]) == 0  # more videos of the same settings: resumed
     assert sorted(p.name for p in out.glob("*.mp4")) == ["000000.mp4", "000001.mp4", "000002.mp4"]
-    for other in (["--seed", "1"], ["--cfg-scale", "3"], ["--steps", "3"]):
+    for other in (["--seed", "1"], ["--cfg-scale", "3"], ["--steps", "3"], ["--precision", "bf16"],
+                  ["--scheduler-options", "timestep_spacing=trailing"], ["--cache", "pab"]):
         capsys.readouterr()
         assert main([*argv, *other]) == 2
         (line,) = error_lines(capsys.readouterr().err, "sample")
         assert "holds videos of other settings" in line
+    settings = out / "sample-settings.json"  # a folder from before latte recorded the sampler's options
+    older = {k: v for k, v in json.loads(settings.read_text()).items()
+             if k not in ("scheduler_options", "cache", "cache_options", "precision")}
+    settings.write_text(json.dumps(older))
+    assert main([*argv, "--num-videos", "4"]) == 0
+    assert main([*argv, "--cache", "pab"]) == 2  # lacking keys read as their defaults, not as anything
 
 
 def test_sampling_several_videos_into_an_mp4_writes_that_file(run_dir, tmp_path, capsys):

@@ -43,6 +43,9 @@ def check_output(output: Path, folder_mode: bool) -> None:
         check_output_file(output, "output")
 
 
+LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None}  # recorded since 2026-11-30
+
+
 def folder_settings(args, request, fps: int) -> dict:
     """What decides the videos of a sample folder (not how many, nor how they are batched)."""
     from latte.train.checkpoint import resolve_checkpoint
@@ -51,7 +54,9 @@ def folder_settings(args, request, fps: int) -> dict:
     return {"checkpoint": str(checkpoint), "checkpoint_size": checkpoint.stat().st_size, "ema": not args.no_ema,
             "seed": request.seed, "sampler": request.sampler, "steps": request.steps, "cfg_scale": request.cfg_scale,
             "eta": request.eta, "num_frames": request.num_frames, "class_label": request.class_label,
-            "prompts": request.prompts, "negative_prompt": request.negative_prompt, "fps": fps}
+            "prompts": request.prompts, "negative_prompt": request.negative_prompt, "fps": fps,
+            "scheduler_options": request.scheduler_options, "cache": request.cache, "cache_options": request.cache_options,
+            "precision": request.precision}
 
 
 def claim_folder(output: Path, args, request, fps: int) -> FolderLock:
@@ -65,7 +70,9 @@ def claim_folder(output: Path, args, request, fps: int) -> FolderLock:
                 previous = json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, OSError) as exc:
                 raise LatteError(f"{path} is unreadable ({exc}): use another --output") from exc
-            diffs = [f"{k} {previous.get(k)!r} vs {v!r}" for k, v in settings.items() if previous.get(k) != v]
+            # a key the folder lacks was written before latte recorded it: those videos used its default
+            diffs = [f"{k} {previous.get(k)!r} vs {v!r}" for k, v in settings.items()
+                     if previous.get(k, LATER_KEYS.get(k, v)) != v]
             if diffs:
                 raise LatteError(f"{output} holds videos of other settings ({'; '.join(diffs[:3])}): "
                                  "use another --output or the same arguments")

@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: as trained)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--scheduler-options", default=None, metavar="KEY=VALUE,...",
+                        help="settings of the sampler's diffusers scheduler, e.g. algorithm_type=sde-dpmsolver++ "
+                             "for stochastic DPM-Solver++ (docs/sampling.md)")
     parser.add_argument("--fps", type=int, default=None)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -120,6 +123,7 @@ def run(args) -> int:
     import torch
 
     from latte.devices import pick_device
+    from latte.diffusion.samplers import make_scheduler, parse_scheduler_options
     from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
     from latte.train.parallelize import compile_blocks
     from latte.video_io import save_videos
@@ -131,6 +135,7 @@ def run(args) -> int:
     if not folder_mode and output.suffix not in SUFFIXES:
         raise LatteError(f"--output must end in {', '.join(SUFFIXES)} or be a folder, got {output}")
     check_arguments(args)
+    scheduler_options = parse_scheduler_options(args.scheduler_options) or None
     prompts = read_prompts(args.prompt, args.prompt_file)
     num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
     check_output(output, folder_mode)
@@ -148,8 +153,10 @@ def run(args) -> int:
                             class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                             num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
                             negative_prompt=args.negative_prompt, precision=precision,
-                            cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options)
+                            cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
+                            scheduler_options=scheduler_options)
     check_speed_options(request)
+    make_scheduler(diffusion, request.sampler, **(request.scheduler_options or {}))  # its settings, before any work
     fps = args.fps if args.fps is not None else config.sample.fps
     if not folder_mode:
         videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)

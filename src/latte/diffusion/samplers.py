@@ -82,7 +82,35 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise LatteError(f"{sampler} scheduler has no setting {', '.join(unknown)}")
-    return cls(**{**settings, **overrides})
+    try:
+        return cls(**{**settings, **overrides})
+    except (ValueError, TypeError, NotImplementedError) as exc:  # e.g. an algorithm_type it does not know
+        shown = ", ".join(f"{key}={value}" for key, value in overrides.items())
+        raise LatteError(f"{sampler} scheduler rejects {shown}: {exc}") from exc
+
+
+def parse_scheduler_options(spec: str | None) -> dict:
+    """'algorithm_type=sde-dpmsolver++,solver_order=3' -> {'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3}:
+    values read as bool (true/false), int, float, else text. make_scheduler checks the keys."""
+    options = {}
+    for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise LatteError(f"scheduler option {item!r} is not KEY=VALUE")
+        options[key.strip()] = parse_option_value(text.strip())
+    return options
+
+
+def parse_option_value(text: str):
+    """'true'/'false' -> bool, then int, then float, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def set_timesteps(scheduler, sampler: str, steps: int, grid: str = "logsnr") -> None:
