@@ -15,11 +15,11 @@ mkdir -p "$out"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 if [ "${1:-}" = "--smoke" ]; then
   train=(--model Latte-T/2 --batch 1 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
-  sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4 --cache none,pab --eval-clips 0 --device cpu)
+  sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4,dpm-solver-sde:4 --cache none,pab --eval-clips 0 --device cpu)
   finetune=(--model Latte-T/2 --frames 4 --size 8 --steps 1)
 else
   train=(--model Latte-XL/2 --batch 5 --compile)
-  sample=(--device cuda --model Latte-XL/2 --batch 8 --vae --rows ddpm:250,ddim:50,dpm-solver:20
+  sample=(--device cuda --model Latte-XL/2 --batch 8 --vae --rows ddpm:250,ddim:50,dpm-solver:20,dpm-solver-sde:20
           --cache "none,pab,pab:spatial=3@50-950;temporal=6@50-950" --eval-clips 64)
   finetune=(--gpu)
 fi

@@ -3,7 +3,7 @@ throughput of `latte eval`'s detectors, on random weights.
 
     # the GPU figures (Latte-XL/2, UCF101-like: 101 classes, guidance 7, 16 x 256 x 256 videos):
     python benchmarks/sampling_speed.py --device cuda --model Latte-XL/2 --batch 8 --vae --compile \\
-        --rows ddpm:250,ddim:50,dpm-solver:20 --cache none,pab --eval-clips 64
+        --rows ddpm:250,ddim:50,dpm-solver:20,dpm-solver-sde:20 --cache none,pab --eval-clips 64
     # the same on CPU with a tiny model (shows it works; figures mean little):
     python benchmarks/sampling_speed.py --model Latte-T/2 --hidden-size 64 --depth 4 --heads 4 --frames 8 \\
         --size 16 --batch 2 --rows ddim:10,dpm-solver:5 --cache none,pab --eval-clips 2
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=101)
     parser.add_argument("--cfg-scale", type=float, default=7.0)
     parser.add_argument("--batch", type=int, default=8, help="videos per batch (guidance doubles the model batch)")
-    parser.add_argument("--rows", default="ddpm:250,ddim:50,dpm-solver:20")
+    parser.add_argument("--rows", default="ddpm:250,ddim:50,dpm-solver:20,dpm-solver-sde:20")
     parser.add_argument("--cache", default="none,pab",
                         help="comma-separated: none, pab, or pab:OPTIONS with ';' between kinds "
                              "(e.g. pab:spatial=3@50-950;temporal=6@50-950)")

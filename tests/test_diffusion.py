@@ -115,7 +115,7 @@ class Recorder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("sampler,options", [("ddpm", None), ("ddim", None), ("dpm-solver", None),
-                                             ("dpm-solver", {"algorithm_type": "sde-dpmsolver++"})])
+                                             ("dpm-solver-sde", None)])
 def test_samplers_shapes_determinism_and_single_batched_guidance(sampler, options):
     diffusion = GaussianDiffusion(learn_sigma=True)
     model = Recorder(out_channels=4)
@@ -130,6 +130,16 @@ def test_samplers_shapes_determinism_and_single_batched_guidance(sampler, option
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     assert all(batch == 6 and labels == [0, 1, 2, 5, 5, 5] for batch, labels in model.calls)
     assert len(model.calls) == 18  # 6 steps x 3 runs, one forward each
+
+
+def test_dpm_solver_sde_is_dpm_solver_with_the_sde_algorithm():
+    diffusion = GaussianDiffusion(learn_sigma=True)
+    scheduler = make_scheduler(diffusion, "dpm-solver-sde")
+    assert scheduler.config.algorithm_type == "sde-dpmsolver++" and scheduler.config.solver_order == 2
+    draws = [sample(Recorder(out_channels=4), (2, 2, 2, 4, 4), diffusion, sampler, steps=5, y=torch.tensor([0, 1]),
+                    generator=torch.Generator().manual_seed(3), progress=False, scheduler_options=options)
+             for sampler, options in (("dpm-solver-sde", None), ("dpm-solver", {"algorithm_type": "sde-dpmsolver++"}))]
+    assert torch.equal(*draws)
 
 
 def test_respaced_ddpm_uses_the_learned_range_variance_of_the_respaced_schedule():

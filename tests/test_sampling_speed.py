@@ -213,13 +213,14 @@ def test_sample_cli_takes_the_new_samplers_cache_and_precision(tmp_path, capsys)
                           "--cache-options", "spatial=1,temporal=1", "--precision", "fp32"]) == 0
     a, b = np.load(tmp_path / "a.npz")["videos"], np.load(tmp_path / "b.npz")["videos"]
     assert a.shape == (2, 1, 4, 16, 16) and np.array_equal(a, b)
-    sde = ["--sampler", "dpm-solver", "--scheduler-options", "algorithm_type=sde-dpmsolver++"]
-    for name in ("ode", "sde1", "sde2"):
+    sde = ["--scheduler-options", "algorithm_type=sde-dpmsolver++"]
+    runs = {"ode": ["--sampler", "dpm-solver"], "sde1": ["--sampler", "dpm-solver", *sde],
+            "sde2": ["--sampler", "dpm-solver", *sde], "named": ["--sampler", "dpm-solver-sde"]}
+    for name, extra in runs.items():
         torch.manual_seed(len(name))  # the global RNG moved: the seed alone decides the videos
-        extra = [] if name == "ode" else sde
-        assert main(common + ["--output", str(tmp_path / f"{name}.npz"), "--sampler", "dpm-solver", *extra]) == 0
-    ode, sde1, sde2 = (np.load(tmp_path / f"{name}.npz")["videos"] for name in ("ode", "sde1", "sde2"))
-    assert np.array_equal(sde1, sde2) and not np.array_equal(ode, sde1)
+        assert main(common + ["--output", str(tmp_path / f"{name}.npz"), *extra]) == 0
+    ode, sde1, sde2, named = (np.load(tmp_path / f"{name}.npz")["videos"] for name in runs)
+    assert np.array_equal(sde1, sde2) and np.array_equal(sde1, named) and not np.array_equal(ode, sde1)
     capsys.readouterr()
     assert main(common + ["--output", str(tmp_path / "c.npz"), "--cache", "pab", "--cache-options", "spatial=0"]) == 2
     assert "interval must be >= 1" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()

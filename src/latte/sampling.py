@@ -20,7 +20,7 @@ from latte.models import Latte
 @dataclass
 class SampleRequest:
     num_videos: int = 8
-    sampler: str = "dpm-solver"
+    sampler: str = "dpm-solver-sde"
     steps: int | None = None
     cfg_scale: float = 1.0
     class_label: int | None = None  # None: cycle through the classes (class models)

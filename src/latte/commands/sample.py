@@ -32,7 +32,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-videos", type=int, default=None, help="default: 4, or one per prompt")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sample.sampler")
     parser.add_argument("--steps", type=int, default=None,
-                        help="default: the run's sample.steps, else the sampler's (ddpm 250, ddim 50, dpm-solver/unipc/deis 20)")
+                        help="default: the run's sample.steps, else the sampler's (ddpm 250, ddim 50, the others 20)")
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance scale (class and text models; default: the run's)")
     parser.add_argument("--class-label", type=int, default=None, help="class of every video (default: cycle classes)")

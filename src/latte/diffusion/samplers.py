@@ -1,6 +1,6 @@
 """Samplers over any model callable `model(x_t, t, y=..., **kwargs)`, through diffusers' schedulers
 built from the same betas: DDPM (ancestral, respaced; learned-range variance), DDIM (Song et al.
-2021, eta), DPM-Solver++ 2M (Lu et al. 2022), UniPC (Zhao et al. 2023, bh2 predictor-corrector) and
+2021, eta), DPM-Solver++ 2M (Lu et al. 2022) and its SDE variant (stochastic, "dpm-solver-sde"), UniPC (Zhao et al. 2023, bh2 predictor-corrector) and
 DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho & Salimans 2022) runs the conditional and
 unconditional halves in one batched forward pass: the unconditional half gets the null class, or
 other inputs (`uncond_kwargs`, e.g. the empty or negative prompt's embedding).
@@ -22,9 +22,9 @@ from tqdm import tqdm
 from latte.diffusion.gaussian import GaussianDiffusion
 from latte.errors import LatteError
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "unipc", "deis")
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "unipc": 20, "deis": 20}
-MULTISTEP = ("dpm-solver", "unipc", "deis")  # samplers that take the log-SNR grid of `solver_timesteps`
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "dpm-solver-sde", "unipc", "deis")
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "dpm-solver-sde": 20, "unipc": 20, "deis": 20}
+MULTISTEP = ("dpm-solver", "dpm-solver-sde", "unipc", "deis")  # samplers that take the log-SNR grid of `solver_timesteps`
 GRIDS = ("logsnr", "diffusers")
 
 
@@ -55,6 +55,7 @@ def _scheduler_class(sampler: str):
     import diffusers
 
     names = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler",
+             "dpm-solver-sde": "DPMSolverMultistepScheduler",
              "unipc": "UniPCMultistepScheduler", "deis": "DEISMultistepScheduler"}
     if sampler not in names:
         raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -72,8 +73,9 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
         settings.update(variance_type="learned_range" if diffusion.learn_sigma else "fixed_small", clip_sample=False)
     elif sampler == "ddim":
         settings.update(clip_sample=False, set_alpha_to_one=True)
-    elif sampler == "dpm-solver":
-        settings.update(algorithm_type="dpmsolver++", solver_order=2)
+    elif sampler in ("dpm-solver", "dpm-solver-sde"):  # the SDE variant draws fresh noise at every step
+        settings.update(algorithm_type="sde-dpmsolver++" if sampler == "dpm-solver-sde" else "dpmsolver++",
+                        solver_order=2)
     elif sampler == "unipc":
         settings.update(solver_order=2, solver_type="bh2", predict_x0=True)
     elif sampler == "deis":

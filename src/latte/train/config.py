@@ -124,7 +124,7 @@ class TrainSection:
 @dataclass
 class SampleSection:
     num_videos: int = 8
-    sampler: str = "dpm-solver"  # ddpm | ddim | dpm-solver | unipc | deis (docs/sampling.md: dpm-solver 20 was closest)
+    sampler: str = "dpm-solver-sde"  # ddpm | ddim | dpm-solver | dpm-solver-sde | unipc | deis (docs/sampling.md: FVD per sampler)
     steps: int | None = None  # None: the sampler's default (ddpm 250, ddim 50, the others 20)
     cfg_scale: float = 1.0
     fps: int = 8
