@@ -93,6 +93,23 @@ def test_logsnr_grid_is_even_in_log_snr_and_every_multistep_solver_takes_it():
     assert torch.allclose(dpm.sigmas.float(), unipc.sigmas, rtol=1e-5)
 
 
+def test_logsnr_grid_takes_any_step_count_up_to_t_minus_1():
+    """From 38 steps of 1000 on, neighbouring targets near t = 0 round to the same integer (that was an error)."""
+    diffusion = GaussianDiffusion(prediction="x0", learn_sigma=False)
+    for steps in (37, 38, 50, 250, 999):
+        grid = solver_timesteps(diffusion.alphas_cumprod, steps)
+        assert len(grid) == steps and grid[0] == 999 and grid[-1] >= 1 and (grid[1:] < grid[:-1]).all(), steps
+    assert solver_timesteps(diffusion.alphas_cumprod, 999).tolist() == list(range(999, 0, -1))
+    with pytest.raises(LatteError, match="1000 solver steps do not fit into timesteps 1..999"):
+        solver_timesteps(diffusion.alphas_cumprod, 1000)
+    model = gaussian_x0_model(diffusion, 0.3, 0.5)
+    noise = torch.randn(2, 1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    exact = 0.3 + 0.5 * (noise - diffusion.alphas_cumprod[-1].float().sqrt() * 0.3) / (
+        diffusion.alphas_cumprod[-1].float() * 0.25 + 1 - diffusion.alphas_cumprod[-1].float()).sqrt()
+    fifty = sample(model, noise.shape, diffusion, "dpm-solver", steps=50, noise=noise, progress=False)
+    assert (fifty - exact).abs().max() < 0.04
+
+
 @pytest.mark.parametrize("sampler", ["unipc", "deis", "dpm-solver"])
 def test_new_samplers_shapes_and_determinism_per_seed(sampler):
     model, diffusion = class_model(), GaussianDiffusion(prediction="x0", learn_sigma=False)

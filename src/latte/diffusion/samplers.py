@@ -43,11 +43,17 @@ def solver_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> np.ndarray:
     abar = alphas_cumprod.double()
     lambdas = 0.5 * torch.log(abar / (1 - abar))  # increasing as t falls
     targets = torch.linspace(float(lambdas[-1]), float(lambdas[0]), steps + 1, dtype=torch.float64)[:-1]
+    if steps > len(abar) - 1:  # the model calls are at distinct t in [1, T-1]
+        raise LatteError(f"{steps} solver steps do not fit into timesteps 1..{len(abar) - 1}")
     chosen = (lambdas[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
-    for i in range(1, steps):  # strictly decreasing: where integers run out, take the next one down
+    # near t = 0 lambda moves faster than one target per integer (38 or more steps of 1000), so neighbours
+    # round to the same t: make the sequence strictly decreasing, pushing up from t = 1, then down from T-1
+    chosen[-1] = max(chosen[-1], 1)
+    for i in range(steps - 2, -1, -1):
+        chosen[i] = max(chosen[i], chosen[i + 1] + 1)
+    chosen[0] = min(chosen[0], len(abar) - 1)
+    for i in range(1, steps):
         chosen[i] = min(chosen[i], chosen[i - 1] - 1)
-    if chosen[-1] < 1:
-        raise LatteError(f"{steps} solver steps do not fit into {len(abar)} timesteps")
     return np.array(chosen, dtype=np.int64)
 
 
