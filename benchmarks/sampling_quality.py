@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from latte.commands.sample import load_for_sampling, text_encoder_for
-from latte.host_memory import keep_freed_memory
 from latte.diffusion.samplers import parse_option_value
+from latte.host_memory import keep_freed_memory
 from latte.sampling import SampleRequest, generate
 
 DEFAULT_ROWS = ("ddpm:250,ddim:25,ddim:50,ddim:100,dpm-solver:10,dpm-solver:15,dpm-solver:20,dpm-solver:25,"

@@ -46,8 +46,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: as trained)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     parser.add_argument("--scheduler-options", default=None, metavar="KEY=VALUE,...",
-                        help="settings of the sampler's diffusers scheduler, e.g. algorithm_type=sde-dpmsolver++ "
-                             "for stochastic DPM-Solver++ (docs/sampling.md)")
+                        help="other settings of the sampler's diffusers scheduler, e.g. solver_order=3 (docs/sampling.md)")
     parser.add_argument("--fps", type=int, default=None)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

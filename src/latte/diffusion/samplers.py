@@ -1,6 +1,7 @@
 """Samplers over any model callable `model(x_t, t, y=..., **kwargs)`, through diffusers' schedulers
 built from the same betas: DDPM (ancestral, respaced; learned-range variance), DDIM (Song et al.
-2021, eta), DPM-Solver++ 2M (Lu et al. 2022) and its SDE variant (stochastic, "dpm-solver-sde"), UniPC (Zhao et al. 2023, bh2 predictor-corrector) and
+2021, eta), DPM-Solver++ 2M (Lu et al. 2022) as an ODE ("dpm-solver") and as an SDE
+("dpm-solver-sde", fresh noise every step), UniPC (Zhao et al. 2023, bh2 predictor-corrector) and
 DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho & Salimans 2022) runs the conditional and
 unconditional halves in one batched forward pass: the unconditional half gets the null class, or
 other inputs (`uncond_kwargs`, e.g. the empty or negative prompt's embedding).
