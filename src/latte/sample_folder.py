@@ -43,7 +43,9 @@ def check_output(output: Path, folder_mode: bool) -> None:
         check_output_file(output, "output")
 
 
-LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None}  # recorded since 2026-11-30
+# Settings recorded since 2026-11-30: a folder written before lacks them, and its videos used these defaults.
+# Precision, recorded since then too, is not here: it defaulted by device, so a folder without it accepts any.
+LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None}
 
 
 def folder_settings(args, request, fps: int) -> dict:
