@@ -204,6 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--videos", type=int, default=20, help="videos per row (labels cycle through the classes)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="videos per model batch (default: all in one)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="comma-separated SAMPLER:STEPS[:KEY=VALUE...] rows")
     parser.add_argument("--reference", default="ddim:500")
     parser.add_argument("--cfg-scale", type=float, default=None, help="default: the run's sample.cfg_scale")
@@ -222,6 +224,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.fid_frames is not None and args.fid_frames < 1:
         parser.error(f"--fid-frames must be >= 1, got {args.fid_frames}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     specs = [s for s in args.rows.split(",") if s] + [args.reference]
     args.baseline = args.baseline or specs[0]
     if args.bootstrap and (not args.fvd_fid or args.baseline not in specs):
@@ -231,7 +235,7 @@ def main() -> None:
     device = torch.device(args.device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint)
     text_encoder = text_encoder_for(config, device) if args.prompt else None
-    base = SampleRequest(num_videos=args.videos, batch_size=args.videos, seed=args.seed, prompts=args.prompt or None,
+    base = SampleRequest(num_videos=args.videos, batch_size=min(args.batch_size or args.videos, args.videos), seed=args.seed, prompts=args.prompt or None,
                          cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale)
     print(f"{args.videos} videos per row, guidance {base.cfg_scale}, device {device}, reference {args.reference}")
     draw(model, diffusion, vae, text_encoder, SampleRequest(**{**base.__dict__, "num_videos": 2, "batch_size": 2}),
