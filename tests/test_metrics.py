@@ -13,7 +13,7 @@ from latte.errors import LatteError
 from latte.metrics import ClipProtocol, RunningStats, frechet_distance, inception_score
 from latte.metrics.clips import GeneratedClips, RealVideoClips
 from latte.metrics.i3d import (InceptionI3d, MaxPool3dSame, Unit3D, convert_i3d_checkpoint, i3d_preprocess,
-                               i3d_weights_path, read_i3d_checkpoint, same_padding)
+                               i3d_weights_path, load_i3d, read_i3d_checkpoint, same_padding)
 from latte.metrics.inception import resize_bilinear_tf1
 from latte.metrics.stats import FrechetToRows
 from latte.metrics.videos import count_frames, read_frames, resize_center_crop
@@ -142,6 +142,22 @@ def test_i3d_weights_land_in_the_right_layers():
     np.testing.assert_array_equal(state["Logits.Conv3d_0c_1x1.conv.bias"].numpy(),
                                   flat["params/Logits/Conv3d_0c_1x1/Conv_0/bias"])
     assert model.Logits["Conv3d_0c_1x1"].bn is None and model.Conv3d_1a_7x7.bn is not None
+
+
+def test_i3d_runs_channels_last_on_cpu_with_the_logits_of_the_contiguous_layout():
+    """The CPU layout is a speed choice only (its max-pools are 3-7x faster): same logits to float32 rounding."""
+    model = load_i3d().eval()
+    layouts = []
+    model.Conv3d_1a_7x7.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    clips = torch.randint(0, 256, (2, 9, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        channels_last = model(i3d_preprocess(clips))
+        model.cpu_memory_format = torch.contiguous_format
+        contiguous = model(i3d_preprocess(clips))
+    assert layouts == [True, False]
+    assert (channels_last - contiguous).abs().max() < 1e-4 * contiguous.abs().max()
+    assert channels_last.argmax(1).tolist() == contiguous.argmax(1).tolist()
 
 
 def test_i3d_rejects_foreign_checkpoints(tmp_path):
