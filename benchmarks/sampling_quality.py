@@ -235,7 +235,8 @@ def main() -> None:
     device = torch.device(args.device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint)
     text_encoder = text_encoder_for(config, device) if args.prompt else None
-    base = SampleRequest(num_videos=args.videos, batch_size=min(args.batch_size or args.videos, args.videos), seed=args.seed, prompts=args.prompt or None,
+    base = SampleRequest(num_videos=args.videos, batch_size=min(args.batch_size or args.videos, args.videos),
+                         seed=args.seed, prompts=args.prompt or None,
                          cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale)
     print(f"{args.videos} videos per row, guidance {base.cfg_scale}, device {device}, reference {args.reference}")
     draw(model, diffusion, vae, text_encoder, SampleRequest(**{**base.__dict__, "num_videos": 2, "batch_size": 2}),
