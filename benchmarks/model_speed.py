@@ -3,6 +3,9 @@ configured to the same width, heads, layers, patch and frames, in one process, i
 
     python benchmarks/model_speed.py                      # CPU, batch 1, 16 x 32 x 32 x 4 latents
     python benchmarks/model_speed.py --device cuda --batch 8 --dtype bf16
+    # the built-in preset's model at its sampling batch (64 videos, guided: 128):
+    python benchmarks/model_speed.py --model Latte-T/4 --option hidden_size=128 --option depth=4 \
+        --option num_heads=4 --option in_channels=1 --frames 8 --size 32 --batch 128
 
 The diffusers model is built with cross_attention_dim=None (its spatial blocks then have
 self-attention only, like the class/unconditional Latte) and fed a one-token caption, which
@@ -16,6 +19,8 @@ import time
 
 import torch
 
+from latte.diffusion.samplers import parse_option_value
+from latte.errors import LatteError
 from latte.models import create_model
 
 
@@ -49,11 +54,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model option of ours (e.g. hidden_size=128); diffusers' model follows the shape")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ours = create_model(args.model, num_frames=args.frames, input_size=args.size).to(args.device)
+    options = {key: parse_option_value(value) for key, _, value in (o.partition("=") for o in args.option)}
+    try:
+        ours = create_model(args.model, num_frames=args.frames, input_size=args.size, **options).to(args.device)
+    except LatteError as error:
+        parser.error(str(error))
     c = ours.config
     theirs = build_diffusers(c.hidden_size, c.num_heads, c.depth, c.patch_size, args.frames, args.size,
                              c.in_channels).to(args.device)
