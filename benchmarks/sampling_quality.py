@@ -25,7 +25,8 @@ Rows are drawn chunk by chunk (a chunk: --batch-size videos through every row). 
 chunk's videos and detector features go to DIR as they are done, and the same command run again
 resumes where it stopped (a run of thousands of videos can span several sessions; --chunks N stops
 after N more chunks, --chunks 0 only reports). DIR refuses a run with another model, seed, guidance,
-batch size or detector setting; new rows can be added to it.
+batch size or detector setting; new rows can be added to it. It keeps the videos in float32 (for
+PSNR), C*F*H*W*4 bytes per video and row: 32 KB for the built-in model's, 12.6 MB at 16 x 256 x 256.
 A row is SAMPLER:STEPS with optional :KEY=VALUE fields: grid=diffusers (the scheduler's own
 timesteps), cache=pab, cache_options=... (kinds separated by ';'), precision=bf16, or any diffusers scheduler setting
 (e.g. dpm-solver:20:use_karras_sigmas=true). The reference row takes the same form.

@@ -275,3 +275,15 @@ def test_dataset_name_spec_goes_through_latte_data_build_dataset(monkeypatch):
     assert all(torch.equal(a, clips[i]) for i, a in enumerate(first))  # same clips every time
     assert first[0].shape == (16, 32, 32, 3) and first[0].dtype == torch.uint8
     assert not all(torch.equal(first[0], other) for other in first[1:])
+
+
+def test_a_generated_datasets_statistics_key_ignores_the_root_folder(tmp_path):
+    """moving-mnist reads nothing under ROOT (`moving-mnist:.` is the cwd): editing files there must
+    not invalidate its cached real statistics."""
+    from latte.metrics import open_real
+
+    protocol = ClipProtocol(frames=4, resolution=16, num_clips=2, seed=0)
+    before = open_real(f"moving-mnist:{tmp_path}", protocol).fingerprint()
+    (tmp_path / "notes.txt").write_text("edited")
+    assert open_real(f"moving-mnist:{tmp_path}", protocol).fingerprint() == before
+    assert before["generated"] and before["name"] == "moving-mnist"

@@ -157,6 +157,10 @@ class DatasetClips(ClipSet):
         self.available = len(self.dataset)
 
     def fingerprint(self) -> dict:
+        if getattr(self.dataset, "root", "") is None:  # generated (moving-mnist): ROOT holds none of its data
+            from latte import __version__
+
+            return {"kind": "dataset", "name": self.name, "generated": True, "latte": __version__}
         return {"kind": "dataset", "name": self.name, **tree_fingerprint(self.root)}
 
     def __len__(self) -> int:
