@@ -226,13 +226,16 @@ class ChunkStore:
     FOLDER/ROW/CHUNK.npz (written atomically as each is done) so that a stopped run resumes. The folder's
     identity.json names what every chunk depends on; a run that differs in any of it is refused."""
 
-    def __init__(self, folder: str | None, identity: dict):
+    def __init__(self, folder: str | None, identity: dict | None):
         self.folder, self.memory = (Path(folder) if folder else None), {}
         if self.folder is None:
             return
         path = self.folder / "identity.json"
         if path.exists():
-            stored = json.loads(path.read_text())
+            try:
+                stored = json.loads(path.read_text())
+            except (ValueError, OSError) as exc:
+                raise LatteError(f"{path} is unreadable ({exc}): give another folder") from exc
             for key in sorted(set(stored) | set(identity)):
                 if stored.get(key) != identity.get(key):
                     raise LatteError(f"--store {folder} holds videos drawn with {key}={stored.get(key)!r}, this run "
@@ -333,11 +336,11 @@ def main() -> None:
         if real is None:
             parser.error("--fvd-fid needs --real for this run's dataset")
         scorer = FrechetScorer(real, frames, resolution, args.real_clips, device, args.fid_frames)
-    identity = {"model": model_digest(model), "seed": args.seed, "cfg_scale": base.cfg_scale, "prompts": args.prompt,
-                "batch_size": chunk_size, "vae": None if vae is None else type(vae).__name__,
-                "detectors": scorer and {"real": scorer.spec, "repeat": scorer.repeat,
-                                         "fid_frames": scorer.fid_index.tolist(),
-                                         **{m: d.sha256 for m, d in scorer.detectors.items()}}}
+    identity = args.store and {  # what a stored chunk depends on (the model hash costs a pass over its weights)
+        "model": model_digest(model), "seed": args.seed, "cfg_scale": base.cfg_scale, "prompts": args.prompt,
+        "batch_size": chunk_size, "vae": None if vae is None else type(vae).__name__,
+        "detectors": scorer and {"real": scorer.spec, "repeat": scorer.repeat, "fid_frames": scorer.fid_index.tolist(),
+                                 **{m: d.sha256 for m, d in scorer.detectors.items()}}}
     try:
         store = ChunkStore(args.store, identity)
     except LatteError as error:

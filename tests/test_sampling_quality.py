@@ -71,3 +71,9 @@ def test_a_stored_run_resumed_gives_the_table_of_an_uninterrupted_run(tmp_path, 
         bench(monkeypatch, common + ["--store", str(store), "--seed", "1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and "with seed=0, this run asks 1" in err
+
+    (store / "identity.json").write_text("{ not json")
+    with pytest.raises(SystemExit) as exit_info:
+        bench(monkeypatch, common + ["--store", str(store)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "identity.json is unreadable" in err
