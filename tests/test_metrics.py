@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from latte.errors import LatteError
 from latte.metrics import ClipProtocol, RunningStats, frechet_distance, inception_score
 from latte.metrics.clips import GeneratedClips, RealVideoClips
 from latte.metrics.i3d import (InceptionI3d, MaxPool3dSame, Unit3D, convert_i3d_checkpoint, i3d_preprocess,
-                               i3d_weights_path, load_i3d, read_i3d_checkpoint, same_padding)
+                               i3d_weights_path, load_i3d, read_i3d_checkpoint, same_padding,
+                               symmetric_padding)
 from latte.metrics.inception import resize_bilinear_tf1
 from latte.metrics.stats import FrechetToRows
 from latte.metrics.videos import count_frames, read_frames, resize_center_crop
@@ -114,6 +116,25 @@ def test_same_padding_follows_tensorflow():
         x = torch.randn(1, 3, size, size, 5)
         assert Unit3D(3, 4, (3, 7, 3), (2, 2, 1))(x).shape[2:] == (-(-size // 2), -(-size // 2), 5)
         assert MaxPool3dSame((3, 3, 3), (2, 2, 2))(x).shape[2:] == (-(-size // 2), -(-size // 2), 3)
+
+
+def test_symmetric_same_padding_runs_inside_the_kernel_with_the_padded_copys_result():
+    """1x1 and stride-1 3x3x3 layers (most of I3D) pad inside the conv or pool; others still pad a copy."""
+    cases = [((8, 28, 28), (1, 1, 1), (1, 1, 1), (0, 0, 0)), ((8, 28, 28), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
+             ((16, 56, 56), (1, 3, 3), (1, 2, 2), None), ((9, 10, 7), (3, 3, 3), (2, 2, 2), None),
+             ((5, 7, 7), (2, 7, 7), (1, 1, 1), None)]
+    generator = torch.Generator().manual_seed(0)
+    for size, kernel, stride, inside in cases:
+        pads = same_padding(size, kernel, stride)
+        assert symmetric_padding(pads) == inside
+        x = -torch.rand(2, 3, *size, generator=generator)  # all negative: a zero-padded max-pool would differ
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            x = x.contiguous(memory_format=layout)
+            unit = Unit3D(3, 4, kernel, stride, batch_norm=False, activation=False)
+            torch.testing.assert_close(unit(x), unit.conv(F.pad(x, pads)), rtol=1e-5, atol=1e-6)
+            pool = MaxPool3dSame(kernel, stride)
+            torch.testing.assert_close(pool(x), F.max_pool3d(F.pad(x, pads, value=float("-inf")), kernel, stride),
+                                       rtol=0, atol=0)
 
 
 def test_same_max_pool_never_picks_padding():
