@@ -56,16 +56,20 @@ def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path
 
 
 def test_failing_option_is_reported_and_the_others_complete(tmp_path, capsys):
-    rc = main(["ablate", "--options", "model.variant=7,1", *FAST_EVAL, "--max-steps", "1", "--metrics", "fvd",
-               "--output-dir", str(tmp_path)])
+    """A run that fails while running (here: its data folder is empty; a bad config value is refused before
+    any run, see the next test) is recorded, and the study goes on."""
+    empty = tmp_path / "no-clips"
+    empty.mkdir()
+    rc = main(["ablate", "--options", "data.dataset=folder,moving-mnist", "--set", f"data.root={empty}", *FAST_EVAL,
+               "--max-steps", "1", "--metrics", "fvd", "--output-dir", str(tmp_path)])
     assert rc == 1
-    study = tmp_path / "model.variant"
+    study = tmp_path / "data.dataset"
     runs = {r["option"]: r for r in results_of(study)}
-    assert runs["variant-7"]["status"] == "failed" and "variant must be one of" in runs["variant-7"]["error"]
-    assert runs["variant-1"]["status"] == "done" and runs["variant-1"]["parameters"] > 0
+    assert runs["dataset-folder"]["status"] == "failed" and "no usable clip" in runs["dataset-folder"]["error"]
+    assert runs["dataset-moving-mnist"]["status"] == "done" and runs["dataset-moving-mnist"]["parameters"] > 0
     report = (study / "report.md").read_text()
-    assert "Failed runs" in report and "- `variant-7` seed 0: model.variant must be one of" in report
-    assert "| `variant-1` |" in report and "1/1 done" in report
+    assert "Failed runs" in report and "- `dataset-folder` seed 0: folder: no usable clip" in report
+    assert "| `dataset-moving-mnist` |" in report and "1/1 done" in report
     assert "1 of 2 run(s) failed" in capsys.readouterr().out
 
 
@@ -79,6 +83,11 @@ def test_options_take_any_config_key_and_refuse_an_unknown_one(tmp_path, capsys)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"unknown config key {name}" in err
     assert not (tmp_path / "model.nope").exists()
+    # a value the config refuses stops the study before any option trains, --dry-run or not
+    assert main(["ablate", "--options", "model.variant=1,7", "--preset", "tiny-test", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "option variant-7 (model.variant=7): model.variant must be one of" in err
+    assert not (tmp_path / "model.variant").exists()
 
 
 def test_built_in_studies_need_their_inputs(tmp_path, capsys):

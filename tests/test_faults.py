@@ -268,6 +268,9 @@ def sample_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
          "dpm-solver scheduler has no setting solver_orde"),
         ([*base, "--output", str(tmp / "v.mp4"), "--sampler", "dpm-solver", "--scheduler-options", "algorithm_type=sde"],
          "dpm-solver scheduler rejects algorithm_type=sde"),
+        ([*base, "--output", str(tmp / "v.mp4"), "--sampler", "unipc", "--scheduler-options", "solver_order=0"],
+         "unipc scheduler fails with solver_order=0"),  # diffusers only fails inside step(): rehearsed up front
+        ([*base, "--output", ""], "--output is empty"),  # not the working directory
         *([([*base, "--output", str(tmp / "v.mp4"), "--device", "cuda"], "--device=cuda asks for CUDA")]
           if not torch.cuda.is_available() else []),
     ]
@@ -320,6 +323,7 @@ def other_cases(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "latin1.csv").write_bytes("path,caption\nclip.mp4,caf\xe9 au lait\n".encode("latin-1"))
     (tmp / "empty.csv").write_text("path,caption\nclip.mp4,\n")
     (tmp / "a-file").write_text("x")
+    (tmp / "binary.yaml").write_bytes(b"\xd5\x8a\x00\xff")
     inspect = ["data", "inspect", "--num-frames", "4", "--resolution", "16"]
     return [
         ([*inspect, "--dataset", "captions", "--root", str(tmp / "latin1.csv")], "is not UTF-8"),
@@ -330,6 +334,16 @@ def other_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--preset", "tiny-test", "--output-dir", str(tmp / "a-file")], "a file of that name exists"),
         (["encode", "--dataset", "moving-mnist", "--vae", "none", "--output", str(tmp / "a-file")],
          "a file of that name exists"),
+        (["encode", "--dataset", "moving-mnist", "--vae", "none", "--output", str(tmp / "cache"), "--batch-size", "0"],
+         "batch size and chunk size must be >= 1 and workers >= 0"),
+        (["encode", "--dataset", "moving-mnist", "--vae", "none", "--output", str(tmp / "cache"), "--workers", "-1"],
+         "batch size and chunk size must be >= 1 and workers >= 0"),
+        (["train", "--config", str(tmp / "binary.yaml"), "--dry-run"], "is not UTF-8 text"),
+        (["train", "--config", str(tmp), "--dry-run"], "is a folder: give a YAML file"),
+        (["ablate", "--preset", "tiny-test", "--output-dir", str(tmp / "ab"), "--dry-run", "--options",
+          "optim.lr=abc,1e-3"], "option lr-abc (optim.lr=abc): optim.lr must be float"),
+        (["ablate", "--preset", "tiny-test", "--output-dir", str(tmp / "ab"), "--dry-run", "--study", "init",
+          "--dit", str(tmp / "no-dit.pt")], "DiT checkpoint not found"),
     ]
 
 
@@ -338,6 +352,29 @@ def test_other_bad_inputs_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         (line,) = error_lines(capsys.readouterr().err, argv[0])
         assert needle in line, (argv, line)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "ab").exists()  # refused before any folder
+
+
+def test_convert_refuses_to_write_over_its_input(run_dir, tmp_path, capsys):
+    checkpoint = tmp_path / "run.pt"
+    checkpoint.write_bytes(list_checkpoints(run_dir)[-1].read_bytes())
+    before = checkpoint.read_bytes()
+    assert main(["convert", "--from", "latte", "--to", "latte", str(checkpoint), str(checkpoint)]) == 2
+    (line,) = error_lines(capsys.readouterr().err, "convert")
+    assert "is the input itself" in line and checkpoint.read_bytes() == before
+
+
+def test_weights_that_do_not_fit_the_stored_model_config_are_one_line(run_dir, tmp_path, capsys):
+    state = load_checkpoint(list_checkpoints(run_dir)[-1])
+    state["model_config"]["hidden_size"] *= 2  # edited by hand, or another model's weights
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    for argv in (["sample", "--checkpoint", str(bad), "--output", str(tmp_path / "v.mp4"), "--steps", "1"],
+                 ["convert", "--from", "latte", "--to", "latte", str(bad), str(tmp_path / "c.pt")]):
+        assert main(argv) == 2, argv
+        (line,) = error_lines(capsys.readouterr().err, argv[0])
+        assert "ema weights do not match its model_config" in line and "of other shape" in line, line
+    assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "c.pt").exists()
 
 
 def test_traceback_flag_prints_the_trace_and_version_prints_the_version(capsys):

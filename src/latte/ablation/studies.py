@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from latte.errors import LatteError
 from latte.train.config import Config
@@ -125,6 +126,8 @@ def build_study(name: str, config: Config, dit: str | None = None, images: int =
     if name == "init":
         if not dit:
             raise LatteError("the init study compares random init with an ImageNet DiT: give --dit FILE")
+        if not Path(dit).is_file():  # found now, not after the scratch runs have trained
+            raise LatteError(f"--dit {dit}: DiT checkpoint not found")
         return Study(name, [Option("scratch", ["model.init_from_dit=null"], "slower early, better later (FaceForensics)"),
                             Option("dit", [f"model.init_from_dit={dit}"], "faster early, worse later (FaceForensics)")],
                      "DiT initialisation faster at first, random initialisation better later on FaceForensics")

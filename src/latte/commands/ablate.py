@@ -41,7 +41,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="training time of the Moving MNIST digit classifier (trained once, cached)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="real statistics and classifier cache (default $LATTE_CACHE_DIR/stats or ~/.cache/latte/stats)")
-    parser.add_argument("--dry-run", action="store_true", help="print the study's options and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every option's config (as a real study does first), print the options and exit")
     return parser
 
 
@@ -74,9 +75,17 @@ def build_plan(args):
     settings = EvalSettings(clips=args.eval_clips, metrics=metrics, sampler_steps=args.eval_steps,
                             batch_size=args.eval_batch_size, classifier_seconds=args.classifier_seconds,
                             cache_dir=args.cache_dir)
-    return StudyPlan(study=study, preset=preset, config_file=args.config, overrides=list(args.overrides),
+    plan = StudyPlan(study=study, preset=preset, config_file=args.config, overrides=list(args.overrides),
                      output=Path(args.output_dir) / study.name, seeds=args.seeds, max_steps=args.max_steps,
                      eval_every=args.eval_every, eval=settings)
+    from latte.ablation.runner import option_config
+
+    for option in study.options:  # every option's config is valid before any of them trains
+        try:
+            option_config(plan, option, 0)
+        except LatteError as exc:
+            raise LatteError(f"option {option.name} ({' '.join(option.overrides)}): {exc}") from exc
+    return plan
 
 
 def run(args) -> int:

@@ -65,6 +65,8 @@ def run(args) -> int:
     from latte.files import check_output_file, make_folder
 
     source, target, output = args.source, args.target, Path(args.output)
+    if output.resolve() == Path(args.input).resolve():  # the write would replace what it converts
+        raise LatteError(f"the output {output} is the input itself: give another output path")
     if target == "latte":
         check_output_file(output, "output")
     else:

@@ -129,6 +129,8 @@ def run(args) -> int:
 
     from latte.sample_folder import check_arguments, check_output, claim_folder
 
+    if not args.output.strip():  # Path("") is the working directory
+        raise LatteError("--output is empty: give a file or a folder")
     output = Path(args.output)
     folder_mode = output.suffix == ""
     if not folder_mode and output.suffix not in SUFFIXES:

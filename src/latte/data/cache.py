@@ -146,6 +146,9 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
                    workers: int = 0, chunk_size: int = 32, log=print) -> Path:
     """Encode `settings.dataset` with `settings.vae` into the cache folder `output`; resumes a partial cache."""
     output = Path(output)
+    if batch_size < 1 or workers < 0 or chunk_size < 1:  # before the folder or its manifest exist
+        raise LatteError(f"batch size and chunk size must be >= 1 and workers >= 0, got {batch_size}, "
+                         f"{chunk_size} and {workers}")
     with FolderLock(output, "encode"):  # one writer per cache folder
         return _encode(output, settings, batch_size, device, workers, chunk_size, log)
 

@@ -14,6 +14,7 @@ their error against a fine reference solution (26-29 dB for DPM-Solver++ 20, 43 
 """
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
@@ -91,11 +92,28 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise LatteError(f"{sampler} scheduler has no setting {', '.join(unknown)}")
+    shown = ", ".join(f"{key}={value}" for key, value in overrides.items())
     try:
-        return cls(**{**settings, **overrides})
+        scheduler = cls(**{**settings, **overrides})
     except (ValueError, TypeError, NotImplementedError) as exc:  # e.g. an algorithm_type it does not know
-        shown = ", ".join(f"{key}={value}" for key, value in overrides.items())
         raise LatteError(f"{sampler} scheduler rejects {shown}: {exc}") from exc
+    if overrides:  # some values (solver_order=0) only fail inside step(): find out now, not mid-sampling
+        try:
+            _rehearse(copy.deepcopy(scheduler), 2 if sampler == "ddpm" and diffusion.learn_sigma else 1)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the options' doing
+            raise LatteError(f"{sampler} scheduler fails with {shown}: {type(exc).__name__}: {exc}") from exc
+    return scheduler
+
+
+def _rehearse(scheduler, output_channels: int, steps: int = 4) -> None:
+    """A few steps of `scheduler` on a tiny zero video (1 channel; the model's output has
+    `output_channels`, 2 when it carries the learned variance)."""
+    scheduler.set_timesteps(steps)
+    sample = torch.zeros(1, 1, 2, 2, 2)
+    output = torch.zeros(1, output_channels, 2, 2, 2)
+    with torch.random.fork_rng(devices=[]):  # stochastic steps draw from the global RNG: leave it as it was
+        for t in scheduler.timesteps:
+            sample = scheduler.step(output, t, sample).prev_sample
 
 
 def parse_scheduler_options(spec: str | None) -> dict:

@@ -92,16 +92,22 @@ def load_official_checkpoint(path_or_state_dict, num_heads: int | None = None) -
     """Build a Latte model matching an official checkpoint and load its (EMA) weights strictly."""
     state = read_state_dict(path_or_state_dict, what="official checkpoint")
     model = Latte(infer_config(state, num_heads))
+    load_exactly(model, state, "checkpoint does not match the official Latte layout")
+    return model.eval()
+
+
+def load_exactly(model: torch.nn.Module, state: dict, problem: str) -> None:
+    """load_state_dict(strict) whose mismatch is one line: `problem`, then what is missing, unexpected or
+    of another shape (a traceback of hundreds of lines otherwise)."""
     expected = model.state_dict()
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if wrong or missing or extra:
         detail = (f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), "
                   f"{len(wrong)} of other shape (e.g. {wrong[:2]})")
-        raise LatteError(f"checkpoint does not match the official Latte layout: {detail}")
+        raise LatteError(f"{problem}: {detail}")
     model.load_state_dict(state, strict=True)
-    return model.eval()
 
 
 @dataclass

@@ -228,10 +228,14 @@ def list_presets() -> list[str]:
 
 
 def read_yaml(path: Path, what: str) -> dict:
+    if path.is_dir():
+        raise LatteError(f"{what} {path} is a folder: give a YAML file")
     if not path.is_file():
         raise LatteError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise LatteError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a YAML file")
     except yaml.YAMLError as exc:
         raise LatteError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
     return data

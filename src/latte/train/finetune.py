@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from latte.errors import LatteError
+from latte.models.checkpoints import load_exactly
 
 TRAINABLE = ("all", "temporal", "lora")
 # Config fields the run's data and settings decide: a source must agree on every one it has.
@@ -262,7 +263,7 @@ def run_model(state: dict, use_ema: bool = True, merge: bool = True) -> nn.Modul
     key = "ema" if use_ema else "model"
     if "base" not in state:
         model = build_network(state["model_config"])
-        model.load_state_dict(state[key])
+        load_exactly(model, state[key], f"the checkpoint's {key} weights do not match its model_config")
         return model.eval()
     from latte.train import lora
 

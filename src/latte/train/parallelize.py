@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
+from latte.models.checkpoints import load_exactly
 from latte.train.distributed import Dist
 
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -140,7 +141,7 @@ def model_state(model: nn.Module) -> dict:
 
 def load_model_state(model: nn.Module, state: dict) -> None:
     if not is_sharded(model):
-        model.load_state_dict(state)
+        load_exactly(model, state, "the checkpoint's weights do not match its model config")
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
