@@ -405,9 +405,10 @@ def test_data_inspect_lists_each_skipped_file_once(tmp_path, capsys):
 
 def test_convert_official_on_a_latte_checkpoint_is_one_plain_line(run_dir, tmp_path, capsys):
     checkpoint = list_checkpoints(run_dir)[-1]
-    assert main(["convert", "--from", "official", "--to", "latte", str(checkpoint), str(tmp_path / "out.pt")]) == 2
-    (line,) = error_lines(capsys.readouterr().err, "convert")
-    assert "not an official Latte checkpoint" in line and "--from latte" in line and "\x1b" not in line
+    for source, kind in (("official", "an official Latte checkpoint"), ("dit", "a DiT state dict")):
+        assert main(["convert", "--from", source, "--to", "latte", str(checkpoint), str(tmp_path / "out.pt")]) == 2
+        (line,) = error_lines(capsys.readouterr().err, "convert")
+        assert f"is not {kind}" in line and "--from latte" in line and "\x1b" not in line
 
 
 def test_a_device_that_is_not_there_is_one_named_error():

@@ -75,17 +75,12 @@ def run(args) -> int:
         return merge_lora_run(args)
     report = None
     if source == "official":
-        try:
-            model = models.load_official_checkpoint(args.input)
-        except LatteError as exc:
-            if "Weights only load failed" not in str(exc):
-                raise
-            raise LatteError(f"{args.input} is not an official Latte checkpoint (it holds more than tensors); "
-                             "a latte training checkpoint converts with --from latte") from exc
+        model = _tensors_only(lambda: models.load_official_checkpoint(args.input), args.input,
+                              "an official Latte checkpoint")
     elif source == "dit":
         model = models.create_model(args.model, num_frames=args.num_frames, num_classes=args.num_classes,
                                     input_size=args.input_size)
-        report = models.init_from_dit(model, args.input)
+        report = _tensors_only(lambda: models.init_from_dit(model, args.input), args.input, "a DiT state dict")
     elif source == "latte":
         from latte.commands.sample import load_for_sampling
 
@@ -110,6 +105,18 @@ def run(args) -> int:
     print(f"wrote {output} ({model.num_parameters():,} parameters)")
     return 0
 
+
+
+def _tensors_only(read, path: str, kind: str):
+    """read() of a weights file that torch loads tensors-only: a file holding more (a latte training
+    checkpoint, most often) gets a line that says which --from reads it, not torch's unpickler advice."""
+    try:
+        return read()
+    except LatteError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise
+        raise LatteError(f"{path} is not {kind} (it holds more than tensors); a latte training checkpoint "
+                         "converts with --from latte") from exc
 
 
 def _lora_run(args) -> bool:

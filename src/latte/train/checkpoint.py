@@ -87,7 +87,8 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise LatteError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise LatteError(f"cannot read checkpoint {path} (cut short, or not a torch file?): {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}")
     if not isinstance(state, dict) or "model_config" not in state or "config" not in state:
         raise LatteError(f"{path} is not a latte training checkpoint (for official weights use `latte convert`)")
     from latte.models import upgrade_state_dict
