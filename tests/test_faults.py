@@ -262,6 +262,7 @@ def sample_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*base, "--output", str(tmp / "folder.mp4")], "it is an existing folder"),
         ([*base, "--output", str(tmp / "a-file")], "a file of that name exists"),
         ([*base, "--output", "/proc/latte-x/a.mp4"], "cannot create"),
+        ([*base, "--output", "/proc/a.mp4"], "cannot create output /proc/a.mp4"),  # a folder that takes no files
         ([*base, "--output", str(tmp / "v.avi")], "--output must end in"),
         ([*base, "--output", str(tmp / "v.mp4"), "--scheduler-options", "order"], "'order' is not KEY=VALUE"),
         ([*base, "--output", str(tmp / "v.mp4"), "--sampler", "dpm-solver", "--scheduler-options", "solver_orde=3"],

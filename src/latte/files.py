@@ -135,6 +135,12 @@ def check_output_file(path, what: str = "output") -> Path:
     if path.is_dir():
         raise LatteError(f"cannot create {what} {path}: it is an existing folder")
     make_parent(path, what)
+    try:  # the folder may take no files whatever its mode bits say (root, /proc, a read-only mount)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _write_error(exc, path, what) from exc
     return path
 
 
