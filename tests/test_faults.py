@@ -332,6 +332,7 @@ def other_cases(tmp: Path) -> list[tuple[list[str], str]]:
         ([*inspect, "--dataset", "folder", "--root", str(tmp / "a-file")], "is a file: give the dataset's folder"),
         ([*inspect, "--dataset", "moving-mnist", "--filmstrip", str(tmp / "f.txt")], "give a .png file"),
         (["info", "--num-frames", "0"], "--num-frames must be >= 1"),
+        (["info", "--input-size", "15"], "not divisible by patch_size 2"),  # and no table header before it
         (["train", "--preset", "tiny-test", "--output-dir", str(tmp / "a-file")], "a file of that name exists"),
         (["encode", "--dataset", "moving-mnist", "--vae", "none", "--output", str(tmp / "a-file")],
          "a file of that name exists"),
@@ -351,8 +352,10 @@ def other_cases(tmp: Path) -> list[tuple[list[str], str]]:
 def test_other_bad_inputs_are_one_line(tmp_path, capsys):
     for argv, needle in other_cases(tmp_path):
         assert main(argv) == 2, argv
-        (line,) = error_lines(capsys.readouterr().err, argv[0])
+        captured = capsys.readouterr()
+        (line,) = error_lines(captured.err, argv[0])
         assert needle in line, (argv, line)
+        assert captured.out == "", (argv, captured.out)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "ab").exists()  # refused before any folder
 
 

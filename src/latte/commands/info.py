@@ -39,7 +39,7 @@ def run(args) -> int:
                              ("--num-classes", args.num_classes, 0)]:
         if value < low:
             raise LatteError(f"{flag} must be >= {low}, got {value}")
-    print(f"{'model':<12} {'variant':>7} {'trainable':>14} {'total':>14} {'GFLOPs/clip':>12}")
+    rows = []  # all built first: a bad option is one line, not a table cut short
     for variant in args.variant:
         options = dict(variant=variant, patch_embed=args.patch_embed, tubelet_frames=args.tubelet_frames,
                        conditioning=args.conditioning, temporal_pos=args.temporal_pos, num_classes=args.num_classes,
@@ -47,7 +47,8 @@ def run(args) -> int:
                        learn_sigma=not args.no_learn_sigma)
         with torch.device("meta"):
             model = create_model(args.model, **options)
-        gflops = forward_flops(model) / 1e9
-        print(f"{args.model:<12} {variant:>7} {model.num_parameters():>14,} "
-              f"{model.num_parameters(trainable_only=False):>14,} {gflops:>12.2f}")
+        rows.append(f"{args.model:<12} {variant:>7} {model.num_parameters():>14,} "
+                    f"{model.num_parameters(trainable_only=False):>14,} {forward_flops(model) / 1e9:>12.2f}")
+    print(f"{'model':<12} {'variant':>7} {'trainable':>14} {'total':>14} {'GFLOPs/clip':>12}")
+    print("\n".join(rows))
     return 0
