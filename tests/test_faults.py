@@ -236,6 +236,7 @@ CONFIG_CASES = [
     (dry("sample.cfg_scale=inf"), "sample.cfg_scale must be in [0, inf)"),
     (dry("diffusion.beta_start=0.5", "diffusion.beta_end=0.1"), "beta_start 0.5 must be <="),
     (dry("train.batch_size=4", "train.grad_accum=3"), "must be divisible by train.grad_accum 3"),
+    (dry("data.vae=/no-such-vae"), "VAE '/no-such-vae': not a folder"),  # named before the shapes it decides
 ]
 
 

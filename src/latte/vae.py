@@ -173,18 +173,27 @@ def _from_hub(name: str):
         raise LatteError(f"cannot load VAE {name!r} from the Hugging Face hub: {_first_line(exc)}") from None
 
 
+def check_vae_spec(spec: str) -> Path | None:
+    """The local folder a VAE spec names, None for a Hugging Face id or alias; a path that is not a
+    folder is an error (checked before any work: config validation calls this too)."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists() or spec.startswith(("/", "./", "../", "~", ".\\")) or "\\" in spec:
+        raise LatteError(f"VAE {spec!r}: not a folder (give an AutoencoderKL folder or a Hugging Face id)")
+    return None
+
+
 def load_vae(spec: str | None, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
              chunk_size: int = 32) -> FrameVAE | None:
     """"none" -> None (pixel space); a local folder, a Hugging Face id, or an alias (ema, mse) -> FrameVAE."""
     if spec is None or str(spec).strip().lower() in ("", "none"):
         return None
     spec = str(spec)
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
+    folder = check_vae_spec(spec)
+    if folder is not None:
         model = _from_folder(folder)
         spec = str(folder.resolve())  # found again from any working directory (checkpoints, caches)
-    elif folder.exists() or spec.startswith(("/", "./", "../", "~", ".\\")) or "\\" in spec:
-        raise LatteError(f"VAE {spec!r}: not a folder (give an AutoencoderKL folder or a Hugging Face id)")
     else:
         model = _from_hub(ALIASES.get(spec.lower(), spec))
     vae = FrameVAE(model, spec, chunk_size)

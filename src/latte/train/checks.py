@@ -90,6 +90,10 @@ def validate(config: Config) -> None:
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
+    if config.data.vae not in (None, "", "none"):  # a missing folder, before the shapes it would decide
+        from latte.vae import check_vae_spec
+
+        check_vae_spec(str(config.data.vae))
     check_model_shape(config)
 
 
