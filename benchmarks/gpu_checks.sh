@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
 mkdir -p "$out"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+case "${1:-}" in
+  ""|--smoke) ;;
+  *) echo "usage: bash benchmarks/gpu_checks.sh [--smoke]  (no other arguments; see the comment at its top)" >&2; exit 2 ;;
+esac
 if [ "${1:-}" = "--smoke" ]; then
   train=(--model Latte-T/2 --batch 1 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
   sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4,dpm-solver-sde:4 --cache none,pab --eval-clips 0 --device cpu)
