@@ -247,6 +247,11 @@ def test_bad_config_values_are_one_line(argv, needle, capsys):
     assert needle in line
 
 
+def test_a_latent_cache_run_does_not_check_data_vae_which_it_ignores(capsys):
+    """With data.cache the cache's own VAE is used: a stale data.vae path must not refuse the run."""
+    assert main(dry("data.cache=/no-such-cache", "data.vae=/no-such-vae")) == 0
+
+
 def sample_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "a-file").write_text("x")
     (tmp / "folder.mp4").mkdir()

@@ -90,10 +90,6 @@ def validate(config: Config) -> None:
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
-    if config.data.vae not in (None, "", "none"):  # a missing folder, before the shapes it would decide
-        from latte.vae import check_vae_spec
-
-        check_vae_spec(str(config.data.vae))
     check_model_shape(config)
 
 
@@ -169,7 +165,10 @@ def check_model_shape(config: Config) -> None:
     import torch
 
     from latte.train.build import make_model_config
+    from latte.vae import check_vae_spec
 
+    if d.vae not in (None, "", "none"):  # a missing VAE folder is named before the shapes it would decide
+        check_vae_spec(str(d.vae))
     factor = 8 if d.vae != "none" else 1  # the Stable Diffusion VAE downsamples 8x
     if d.resolution % factor:
         raise LatteError(f"data.resolution {d.resolution} must be divisible by the VAE's factor {factor}")
