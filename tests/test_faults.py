@@ -372,6 +372,10 @@ def test_convert_refuses_to_write_over_its_input(run_dir, tmp_path, capsys):
     assert main(["convert", "--from", "latte", "--to", "latte", str(checkpoint), str(checkpoint)]) == 2
     (line,) = error_lines(capsys.readouterr().err, "convert")
     assert "is the input itself" in line and checkpoint.read_bytes() == before
+    latest = list_checkpoints(run_dir)[-1]  # a run folder is read through its latest checkpoint
+    kept = latest.read_bytes()
+    assert main(["convert", "--from", "latte", "--to", "latte", str(run_dir), str(latest)]) == 2
+    assert "is the input itself" in error_lines(capsys.readouterr().err, "convert")[0] and latest.read_bytes() == kept
 
 
 def test_weights_that_do_not_fit_the_stored_model_config_are_one_line(run_dir, tmp_path, capsys):

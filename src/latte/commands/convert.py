@@ -65,7 +65,12 @@ def run(args) -> int:
     from latte.files import check_output_file, make_folder
 
     source, target, output = args.source, args.target, Path(args.output)
-    if output.resolve() == Path(args.input).resolve():  # the write would replace what it converts
+    read = Path(args.input)
+    if source == "latte" and read.is_dir():  # a run folder is read through its latest checkpoint
+        from latte.train.checkpoint import resolve_checkpoint
+
+        read = resolve_checkpoint(read)
+    if output.resolve() == read.resolve():  # the write would replace what it converts
         raise LatteError(f"the output {output} is the input itself: give another output path")
     if target == "latte":
         check_output_file(output, "output")
