@@ -17,6 +17,7 @@ import yaml
 from latte.errors import LatteError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+CUDA_KEY = "cuda"  # top-level mapping in a preset or config file: its settings for runs on a GPU
 
 
 @dataclass
@@ -241,17 +242,54 @@ def read_yaml(path: Path, what: str) -> dict:
     return data
 
 
+def split_cuda(data: dict, origin: str) -> tuple[dict, dict]:
+    """A preset's or config file's settings, and its `cuda:` mapping (sections applied when the run's
+    device is a GPU), the latter checked now so that a typo in it fails on any machine."""
+    if not isinstance(data, dict) or CUDA_KEY not in data:
+        return data, {}
+    values = {k: v for k, v in data.items() if k != CUDA_KEY}
+    cuda = data[CUDA_KEY] or {}
+    apply_values(Config(), cuda, f"{origin} ({CUDA_KEY}:)")  # names, types and shape
+    if "device" in cuda.get("train", {}):
+        raise LatteError(f"{origin}: {CUDA_KEY}: cannot set train.device (it applies once the device is chosen)")
+    return values, cuda
+
+
+def runs_on_cuda(device: str) -> bool:
+    """Whether train.device picks a GPU (latte.devices.pick_device: auto means CUDA when one is visible)."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
 def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- preset <- config file <- --set overrides (later wins)."""
-    config = Config()
+    """Defaults <- preset <- config file <- --set overrides (later wins). A preset or config file may
+    also hold a `cuda:` mapping: applied right after its own settings when the run is on a GPU."""
+    layers = []  # (origin, settings, cuda settings)
     if preset is not None:
         if preset not in list_presets():
             raise LatteError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
-        apply_values(config, read_yaml(PRESET_DIR / f"{preset}.yaml", "preset"), f"preset {preset}")
+        origin = f"preset {preset}"
+        layers.append((origin, *split_cuda(read_yaml(PRESET_DIR / f"{preset}.yaml", "preset"), origin)))
     if config_file is not None:
-        apply_values(config, read_yaml(Path(config_file), "config file"), config_file)
-    for text in overrides:
-        apply_values(config, parse_override(text), f"--set {text}")
+        layers.append((config_file, *split_cuda(read_yaml(Path(config_file), "config file"), config_file)))
+    sets = [(f"--set {text}", parse_override(text)) for text in overrides]
+
+    def build(on_cuda: bool) -> Config:
+        config = Config()
+        for origin, values, cuda in layers:
+            apply_values(config, values, origin)
+            if on_cuda and cuda:
+                apply_values(config, cuda, f"{origin} ({CUDA_KEY}:)")
+        for origin, values in sets:
+            apply_values(config, values, origin)
+        return config
+
+    config = build(on_cuda=False)
+    if any(cuda for _, _, cuda in layers) and runs_on_cuda(config.train.device):
+        config = build(on_cuda=True)
     from latte.train.checks import validate  # checks builds on these sections
 
     validate(config)
