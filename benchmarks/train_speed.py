@@ -12,10 +12,13 @@
     python benchmarks/train_speed.py --model Latte-XL/2 --batch 5 --compile                 # one GPU
     torchrun --nproc_per_node 8 benchmarks/train_speed.py --model Latte-XL/2 --batch 5 --parallel fsdp
     python benchmarks/train_speed.py --model Latte-S/2 --batch 2 --steps 5                  # CPU
+    python benchmarks/train_speed.py --model Latte-XL/2 --batch 32 --grad-checkpointing --rows train  # memory
 
 Clips are 16 x 32 x 32 x 4 latents (256 px through the SD VAE), unconditional. MFU = 3 x forward FLOPs
 (latte.models.forward_flops of our model at this shape, used for every row) / step time / peak; the
-peak is the GPU's dense bf16 figure or --peak-tflops; on CPU no MFU is shown. --parallel only matters
+peak is the GPU's dense bf16 figure or --peak-tflops; on CPU no MFU is shown. --grad-checkpointing
+recomputes each block's activations in backward in latte's rows (model.grad_checkpointing, applied
+from outside the model as training does); peak memory is per row on CUDA. --parallel only matters
 under torchrun with several processes (every rank runs every row; rank 0 prints).
 
 --rounds R > 1 (the CPU default, 3) builds every row first and then times them in turns, R rounds of
@@ -177,7 +180,8 @@ def trainer_step(args, shape, device: torch.device, output: str):
     overrides = [f"model.name={args.model}", f"data.num_frames={shape[1]}", f"data.resolution={shape[2]}",
                  "data.num_workers=0", f"train.batch_size={args.batch * world}", f"train.output_dir={output}",
                  f"train.device={device.type}", f"train.compile={args.compile}", f"train.parallel={args.parallel}",
-                 f"train.mixed_precision={'bf16' if args.bf16 else 'fp32'}", "train.checkpoint_every=1000000"]
+                 f"train.mixed_precision={'bf16' if args.bf16 else 'fp32'}", "train.checkpoint_every=1000000",
+                 f"model.grad_checkpointing={args.grad_checkpointing}"]
     trainer_module.build_training_data = lambda config: (RandomLatents(shape), None, True)
     trainer = trainer_module.Trainer(load_config(None, None, overrides), log=lambda *a: None)
     loader = trainer._loader()
@@ -193,6 +197,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved rounds of --steps per row, median reported (default: 1 on CUDA, 3 on CPU)")
     parser.add_argument("--compile", action="store_true", help="also time regionally compiled latte")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="latte's rows recompute each block's activations in backward")
     parser.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
                         help="the `latte train` row, under torchrun")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on CUDA")
@@ -222,7 +228,8 @@ def main() -> None:
     peak = mfu.peak_flops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     show(f"{args.model}: {model.num_parameters():,} params; {args.batch} clips x {'x'.join(map(str, shape[1:]))}"
-         f"x{shape[0]} latents per device; {device} ({name}), {'bf16 autocast' if args.bf16 else 'fp32'}; "
+         f"x{shape[0]} latents per device; {device} ({name}), {'bf16 autocast' if args.bf16 else 'fp32'}"
+         f"{', activation checkpointing' if args.grad_checkpointing else ''}; "
          f"forward {flops / args.batch / 1e9:.1f} GFLOP/clip; peak "
          f"{'unknown: no MFU' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
     x = torch.randn(args.batch, *shape, device=device)
@@ -232,10 +239,12 @@ def main() -> None:
     state = model.state_dict()  # on the CPU: each row copies it to its own model
 
     def latte(compiled: bool):
-        from latte.train.parallelize import compile_blocks
+        from latte.train.parallelize import checkpoint_blocks, compile_blocks
 
         twin = create_model(args.model, num_frames=args.frames, input_size=args.size).to(device)
         twin.load_state_dict(state)
+        if args.grad_checkpointing:  # before compiling, in parallelize's order
+            checkpoint_blocks(twin)
         if compiled:
             compile_blocks(twin)
         return model_step(twin, {"x": x, "t": t}, target, autocast)
