@@ -2,11 +2,13 @@
 # Every GPU measurement the open issues ask for, in one run (a few minutes on an H200):
 #   1. training step: latte eager / compiled / full `latte train` step against diffusers and the
 #      official recipe, Latte-XL/2, 5 clips of 16x32x32x4 (issue 14);
-#   2. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
+#   2. memory: the full `latte train` step of Latte-XL/2 at 32 clips per GPU with activation
+#      checkpointing (issue 14);
+#   3. the built-in demo (`latte train`'s preset): steps/s of the CPU recipe, the GPU recipe and
+#      the GPU recipe compiled (issue 14);
+#   4. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
 #      without PAB, compiled, plus I3D/Inception throughput (issue 15);
-#   3. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16);
-#   4. memory: the full `latte train` step of Latte-XL/2 at 32 clips per GPU with activation checkpointing;
-#   5. the built-in demo (`latte train`'s preset): steps/s of the CPU recipe, the GPU recipe, compiled (issue 14).
+#   5. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16).
 # Output goes to $OUT (or ./gpu-checks) as one log per part.
 #   bash benchmarks/gpu_checks.sh            # CUDA: the sizes above
 #   bash benchmarks/gpu_checks.sh --smoke    # CPU: the same commands on tiny sizes, to check the script

@@ -287,7 +287,7 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
             apply_values(config, values, origin)
         return config
 
-    config = build(on_cuda=False)
+    config = build(on_cuda=False)  # train.device may come from any layer: read it from a first pass
     if any(cuda for _, _, cuda in layers) and runs_on_cuda(config.train.device):
         config = build(on_cuda=True)
     from latte.train.checks import validate  # checks builds on these sections
