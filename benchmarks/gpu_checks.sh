@@ -36,7 +36,7 @@ else
           --cache "none,pab,pab:spatial=3@50-950;temporal=6@50-950")
   finetune=(--gpu)
   memory=(--model Latte-XL/2 --batch 32 --steps 3 --warmup 1)
-  demo=()
+  demo=(--steps 400 --log-every 100)
   eval_clips=64
 fi
 if compgen -G ".whl/*.whl" > /dev/null; then
