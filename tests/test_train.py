@@ -51,30 +51,32 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert "lr: 0.5" in out and "dataset: moving-mnist" in out
 
 
-
 def test_a_cuda_mapping_applies_on_a_gpu_only_and_before_the_later_layers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, whatever this machine has
     cpu = load_config("moving-mnist")
-    assert cpu.train.batch_size == 8 and cpu.data.num_workers == 1  # this machine has no GPU: the CPU recipe
+    assert cpu.train.batch_size == 8 and cpu.data.num_workers == 1  # no GPU: the CPU recipe
     gpu = load_config("moving-mnist", None, ["train.device=cuda"])
     assert gpu.train.batch_size == 32 and gpu.data.num_workers == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto picks a GPU where one is visible
     assert load_config("moving-mnist").train.batch_size == 32
     assert load_config("moving-mnist", None, ["train.device=cpu"]).train.batch_size == 8
     assert load_config("moving-mnist", None, ["train.batch_size=8"]).train.batch_size == 8  # --set wins
-    own = tmp_path / "own.yaml"  # a config file's own settings win over the preset's cuda: settings
-    own.write_text("train:\n  max_steps: 7\ncuda:\n  train:\n    max_steps: 9\n")
-    assert load_config("moving-mnist", str(own)).train.batch_size == 32
-    assert load_config("moving-mnist", str(own)).train.max_steps == 9
+    own = tmp_path / "own.yaml"  # a later file's own settings win over the preset's cuda: settings ...
+    own.write_text("train:\n  batch_size: 16\n  max_steps: 7\ncuda:\n  train:\n    max_steps: 9\n")
+    assert load_config("moving-mnist", str(own)).train.batch_size == 16
+    assert load_config("moving-mnist", str(own)).train.max_steps == 9  # ... and its own cuda: wins over them
     assert load_config("moving-mnist", str(own), ["train.device=cpu"]).train.max_steps == 7
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for text, needle in [("cuda:\n  train:\n    batch_sise: 4\n", "train.batch_sise"),  # checked on any machine
-                         ("cuda:\n  train:\n    device: cpu\n", "train.device"), ("cuda: 3\n", "mapping")]:
+                         ("cuda:\n  train:\n    device: cpu\n", "train.device"), ("cuda: 3\n", "mapping"),
+                         ("cuda: []\n", "mapping"), ("cuda: false\n", "mapping")]:
         own.write_text(text)
         with pytest.raises(LatteError, match=needle):
             load_config(None, str(own))
     capsys.readouterr()
     assert main(["train", "--dry-run", "--set", "train.device=cuda"]) == 0  # the dry run shows the GPU recipe
     assert "batch_size: 32" in capsys.readouterr().out
+
 
 def test_resumed_training_equals_uninterrupted_training_bitwise(tmp_path):
     straight = train(tiny_config(tmp_path / "a", "train.max_steps=4"), write_samples_at_end=False)

@@ -248,7 +248,7 @@ def split_cuda(data: dict, origin: str) -> tuple[dict, dict]:
     if not isinstance(data, dict) or CUDA_KEY not in data:
         return data, {}
     values = {k: v for k, v in data.items() if k != CUDA_KEY}
-    cuda = data[CUDA_KEY] or {}
+    cuda = {} if data[CUDA_KEY] is None else data[CUDA_KEY]  # `cuda:` alone is empty; [] or false are errors
     apply_values(Config(), cuda, f"{origin} ({CUDA_KEY}:)")  # names, types and shape
     if "device" in cuda.get("train", {}):
         raise LatteError(f"{origin}: {CUDA_KEY}: cannot set train.device (it applies once the device is chosen)")
