@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU measurement the open issues ask for, in one run (about ten minutes on an H200, not yet timed):
+# Every GPU measurement the open issues ask for (about ten minutes on an H200, not yet timed: on the
+# lent machine run it as two calls, PARTS=train,memory,demo then PARTS=sampling,finetune):
 #   1. training step: latte eager / compiled / full `latte train` step against diffusers and the
 #      official recipe, Latte-XL/2, 5 clips of 16x32x32x4 (issue 14);
 #   2. memory: the full `latte train` step of Latte-XL/2 at 32 clips per GPU with activation
 #      checkpointing (issue 14);
 #   3. the built-in demo (`latte train`'s preset): steps/s of the CPU recipe, the GPU recipe and
 #      the GPU recipe compiled (issue 14);
-#   4. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20, with and
-#      without PAB, compiled, plus I3D/Inception throughput (issue 15);
+#   4. sampling: videos/s and time for 2048 videos with DDPM-250, DDIM-50, DPM-Solver++-20 (ODE and
+#      SDE), with and without PAB, eager, plus I3D/Inception throughput (issue 15);
 #   5. fine-tuning: step time and memory of full, temporal-only and LoRA for Latte-1 at 512 px (issue 16).
-# Output goes to $OUT (or ./gpu-checks) as one log per part (PART.log).
+# Output goes to $OUT (or ./gpu-checks) as one log per part (PART.log), and setup.log for what is missing.
 #   bash benchmarks/gpu_checks.sh            # CUDA: the sizes above
 #   bash benchmarks/gpu_checks.sh --smoke    # CPU: the same commands on tiny sizes, to check the script
 #   PARTS=sampling,finetune bash benchmarks/gpu_checks.sh   # some parts only (train, memory, demo, sampling, finetune)
@@ -19,6 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
 mkdir -p "$out"
+rm -f "$out/setup.log"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 case "${1:-}" in
   ""|--smoke) ;;
@@ -44,14 +46,24 @@ else
   demo=(--steps 400 --log-every 100)
   eval_clips=64
 fi
+note() { echo "$*" | tee -a "$out/setup.log"; }  # what the setup found, also kept in $out/setup.log
 if compgen -G ".whl/*.whl" > /dev/null; then
   site=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
+  for wheel in .whl/*.whl; do  # one at a time: a wheel this Python refuses costs only what needs it
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" "$wheel" \
+      || note "wheel not installed: $wheel"
+  done
   export PYTHONPATH=$PYTHONPATH:$site
 fi
+# what each part needs, named up front so a missing package reads as such rather than as a failed row
+for module in torch diffusers av mlxtend scipy peft yaml; do
+  python3 -c "import $module" 2>/dev/null || note "missing: python3 cannot import $module"
+done
+python3 -m latte.cli --help > /dev/null || note "latte's command line does not load (above)"
 detectors="from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()"
 if [ "$eval_clips" != 0 ] && ! why=$(python3 -c "$detectors" 2>&1); then
-  echo "FVD/FID feature throughput skipped: $(echo "$why" | tail -n 1)"
+  note "FVD/FID feature throughput skipped: $(echo "$why" | tail -n 1)"
   eval_clips=0
 fi
 status=0

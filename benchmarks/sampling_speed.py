@@ -134,6 +134,7 @@ def main() -> None:
           f"{', compiled' if args.compile else ''}{', VAE decode' if vae else ''}")
     print(f"{'row':<16} {'cache':<36} {'s/batch':>8} {'cpu s':>8} {'videos/s':>9} {'2048 videos':>12} "
           f"{'PSNR vs none':>13} {'attn computed':>14}")
+    failed = []
     for spec in args.rows.split(","):
         sampler, steps = spec.split(":")
         plain = None
@@ -144,12 +145,19 @@ def main() -> None:
                                     cache=None if kind == "none" else kind,
                                     cache_options=cache_options.replace(";", ",") or None)
             warm = SampleRequest(**{**request.__dict__, "steps": 2})
-            generate(model, diffusion, warm, device=device, progress=False)  # warm-up (and compile)
-            counts = {}
-            sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            videos, _ = generate(model, diffusion, request, vae=vae, device=device, progress=False, cache_stats=counts)
-            sync(device)
+            try:
+                generate(model, diffusion, warm, device=device, progress=False)  # warm-up (and compile)
+                counts = {}
+                sync(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                videos, _ = generate(model, diffusion, request, vae=vae, device=device, progress=False,
+                                     cache_stats=counts)
+                sync(device)
+            except Exception as error:  # one broken row must not cost the others
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                print(f"{spec:<16} {cache:<36} failed: {type(error).__name__}: {first_line}", flush=True)
+                failed.append(f"{spec} {cache}")
+                continue
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             psnr = "-"
             if plain is None:
@@ -169,6 +177,8 @@ def main() -> None:
             layouts = i3d_layouts(args.eval_clips, args.eval_batch)
             print("I3D activations on CPU: " + ", ".join(f"{name} {r:.2f} clips/s" for name, r in layouts.items())
                   + f" ({layouts['channels-last'] / layouts['contiguous']:.2f}x)")
+    if failed:
+        raise SystemExit(f"rows that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -102,12 +102,16 @@ def timed(step, steps: int, device: torch.device) -> float:
     return 1000 * (time.perf_counter() - start) / steps
 
 
-def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.device) -> dict[str, dict]:
-    """Every row built and warmed up, then timed in `rounds` rotated turns of `steps` steps; median round per row."""
+def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.device, failure) -> dict[str, dict]:
+    """Every row built and warmed up, then timed in `rounds` rotated turns of `steps` steps; median round per row.
+    A row that fails to build or warm up goes to failure(label, error) and is left out."""
     built = []
     for label, build in builders:
-        step = build()
-        built.append((label, step, warm_up(step, warmup, device)))
+        try:
+            step = build()
+            built.append((label, step, warm_up(step, warmup, device)))
+        except Exception as error:
+            failure(label, error)
     rounds_ms: dict[str, list[float]] = {label: [] for label, _, _ in built}
     for r in range(rounds):
         shift = r % len(built)
@@ -285,14 +289,24 @@ def main() -> None:
         spread = f"  ({result['spread'][0]:.0f}-{result['spread'][1]:.0f})" if "spread" in result else ""
         show(f"{label:34} {result['ms']:9.1f} {clips:8.2f} {memory:>8} {utilisation:>6}  {result['first_s']:.1f} s{spread}")
 
+    failed = []
+
+    def failure(label: str, error: Exception) -> None:  # one broken row (a compiler missing, say) costs no other
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        show(f"{label:34} failed: {type(error).__name__}: {first_line}")
+        failed.append(label)
+
     if args.rounds > 1:
-        for label, result in interleaved(builders(), args.steps, args.warmup, args.rounds, device).items():
+        for label, result in interleaved(builders(), args.steps, args.warmup, args.rounds, device, failure).items():
             report(label, result)
     for label, build in builders() if args.rounds == 1 else ():
         try:
             result = measure(build, args.steps, args.warmup, device)  # the row's model and optimizer die here
         except torch.OutOfMemoryError:
             show(f"{label:34} out of memory")
+            continue
+        except Exception as error:
+            failure(label, error)
             continue
         finally:
             gc.collect()
@@ -302,6 +316,8 @@ def main() -> None:
         others = [f"{results[other] / results[label]:.2f}x {other}" for other in results if other not in ours]
         if others:
             show(f"{label} speed: " + ", ".join(others))
+    if failed:
+        raise SystemExit(f"rows that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The training benchmarks that benchmarks/gpu_checks.sh runs, on tiny CPU sizes: each prints its rows
 from real runs (figures mean nothing here; that the paths run and report does)."""
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -30,3 +33,30 @@ def test_train_speed_with_activation_checkpointing_times_the_trainer_step():
               "--rows", "eager,train")
     assert "activation checkpointing" in out.splitlines()[0], out
     assert re.search(r"^latte eager\s+[\d.]+", out, re.M) and re.search(r"^latte train\s+[\d.]+", out, re.M), out
+
+
+@pytest.mark.parametrize("rounds", ["1", "2"])  # one row at a time (the CUDA default), interleaved (CPU's)
+def test_a_failing_row_is_named_and_the_rows_after_it_still_run(tmp_path, rounds):
+    # a one-shot GPU run must not lose every later row to one that breaks (a missing compiler, say):
+    # here diffusers fails to import, planted ahead of the real one on the path
+    (tmp_path / "diffusers").mkdir()
+    (tmp_path / "diffusers" / "__init__.py").write_text('raise ImportError("planted: no diffusers here")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "train_speed.py"), "--model", "Latte-T/2", "--batch", "1",
+                           "--steps", "1", "--warmup", "1", "--frames", "4", "--size", "8", "--device", "cpu",
+                           "--rounds", rounds, "--rows", "eager,diffusers,official"], capture_output=True, text=True, env=env, timeout=600)
+    out = proc.stdout
+    assert re.search(r"^diffusers\s+failed: ImportError: planted: no diffusers here$", out, re.M), out
+    assert re.search(r"^latte eager\s+[\d.]+", out, re.M) and re.search(r"^official \(fp32, math attn\)\s+[\d.]+", out, re.M), out
+    assert proc.returncode == 1 and "rows that failed: diffusers" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_failing_sampling_row_is_named_and_the_rows_after_it_still_run():
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "sampling_speed.py"), "--model", "Latte-T/2",
+                           "--hidden-size", "32", "--depth", "2", "--heads", "2", "--frames", "4", "--size", "8",
+                           "--batch", "1", "--rows", "nosuch:2,ddim:2", "--cache", "none", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    assert re.search(r"^nosuch:2\s+none\s+failed: LatteError: unknown sampler 'nosuch'", out, re.M), out
+    assert re.search(r"^ddim:2\s+none\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.M), out
+    assert proc.returncode == 1 and "rows that failed: nosuch:2 none" in proc.stderr, proc.stderr[-2000:]

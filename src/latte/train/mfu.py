@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 # Dense (no sparsity) bf16 peaks, TFLOP/s, from NVIDIA's datasheets; the first whose words all occur
-# in torch.cuda.get_device_name() applies (SXM figures unless the name says PCIe).
-PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
+# in torch.cuda.get_device_name() applies (SXM figures unless the name says PCIe or NVL).
+PEAK_TFLOPS = (("H200 NVL", 835.5), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
 
 
 def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
