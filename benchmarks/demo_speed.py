@@ -37,6 +37,10 @@ def cpu_recipe() -> list[str]:
     return [f"{section}.{key}={on_cpu[section][key]}" for section, keys in cuda.items() for key in keys]
 
 
+class RowFailed(Exception):
+    """A row's `latte train` exited non-zero; the message is its last line of stderr."""
+
+
 def run_row(overrides: list[str], args, folder: Path) -> dict:
     """One `latte train` run; its log windows from metrics.jsonl and its wall time."""
     command = [sys.executable, "-m", "latte.cli", "train", "--preset", PRESET, "--output-dir", str(folder),
@@ -48,7 +52,8 @@ def run_row(overrides: list[str], args, folder: Path) -> dict:
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"row failed ({' '.join(command)}):\n{proc.stderr[-2000:]}")
+        lines = proc.stderr.strip().splitlines()
+        raise RowFailed(lines[-1] if lines else f"exit code {proc.returncode}")
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     batch = yaml.safe_load((folder / "config.yaml").read_text())["train"]["batch_size"]  # as the run resolved it
     return {"wall_s": wall, "records": records, "batch": batch}
@@ -69,10 +74,16 @@ def main() -> None:
         parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     print(f"{'':24} {'batch':>5} {'steps/s':>8} {'clips/s':>8} {'peak GB':>8}  first window  whole run")
     overrides = {"cpu-recipe": cpu_recipe(), "preset": [], "compiled": ["train.compile=true"]}
+    failed = []
     for row in rows:
         label = ROWS[row]
         with tempfile.TemporaryDirectory(prefix="demo_speed_") as tmp:
-            result = run_row(overrides[row], args, Path(tmp) / "run")
+            try:
+                result = run_row(overrides[row], args, Path(tmp) / "run")
+            except RowFailed as error:  # the rows after it still run
+                print(f"{label:24} failed: {error}", flush=True)
+                failed.append(row)
+                continue
         records, batch = result["records"], result["batch"]
         steady = [r["clips_per_s"] for r in records[1:]]
         clips = statistics.median(steady)
@@ -80,7 +91,9 @@ def main() -> None:
         memory = f"{peak:8.2f}" if peak else ""
         first = args.log_every / (records[0]["clips_per_s"] / batch)
         print(f"{label:24} {batch:5d} {clips / batch:8.1f} {clips:8.1f} {memory:>8}  {first:10.1f} s"
-              f"  {result['wall_s']:7.1f} s")
+              f"  {result['wall_s']:7.1f} s", flush=True)
+    if failed:
+        raise SystemExit(f"rows that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,13 @@ def test_a_failing_sampling_row_is_named_and_the_rows_after_it_still_run():
     assert re.search(r"^nosuch:2\s+none\s+failed: LatteError: unknown sampler 'nosuch'", out, re.M), out
     assert re.search(r"^ddim:2\s+none\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.M), out
     assert proc.returncode == 1 and "rows that failed: nosuch:2 none" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_failing_demo_row_prints_latte_trains_error_and_the_next_row_still_runs():
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "demo_speed.py"), "--steps", "4", "--log-every", "2",
+                           "--device", "bogus", "--rows", "cpu-recipe,preset"], capture_output=True, text=True,
+                          timeout=600)
+    failures = re.findall(r"^(CPU recipe|preset)\s+failed: latte train: error: train.device must be one of", proc.stdout,
+                          re.M)
+    assert failures == ["CPU recipe", "preset"], proc.stdout
+    assert proc.returncode == 1 and "rows that failed: cpu-recipe, preset" in proc.stderr, proc.stderr[-2000:]
