@@ -60,7 +60,9 @@ fi
 for module in torch diffusers av mlxtend scipy peft yaml; do
   python3 -c "import $module" 2>/dev/null || note "missing: python3 cannot import $module"
 done
-python3 -m latte.cli --help > /dev/null || note "latte's command line does not load (above)"
+if ! why=$(python3 -m latte.cli --help 2>&1 > /dev/null); then
+  note "latte's command line does not load: $(echo "$why" | tail -n 1)"
+fi
 detectors="from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()"
 if [ "$eval_clips" != 0 ] && ! why=$(python3 -c "$detectors" 2>&1); then
   note "FVD/FID feature throughput skipped: $(echo "$why" | tail -n 1)"
