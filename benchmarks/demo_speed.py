@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from failures import stderr_cause  # benchmarks/failures.py, beside this file
 
 PRESET = "moving-mnist"  # `latte train`'s default
 ROWS = {"cpu-recipe": "CPU recipe", "preset": "preset", "compiled": "preset, compiled"}
@@ -52,8 +53,9 @@ def run_row(overrides: list[str], args, folder: Path) -> dict:
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise RowFailed(lines[-1] if lines else f"exit code {proc.returncode}")
+        print(f"--- {' '.join(command)} failed (exit {proc.returncode}); its stderr ends:\n{proc.stderr[-4000:]}",
+              file=sys.stderr)
+        raise RowFailed(stderr_cause(proc.stderr) or f"exit code {proc.returncode}")
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     batch = yaml.safe_load((folder / "config.yaml").read_text())["train"]["batch_size"]  # as the run resolved it
     return {"wall_s": wall, "records": records, "batch": batch}

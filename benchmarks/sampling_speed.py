@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from failures import one_line, show_traceback  # benchmarks/failures.py, beside this file
 
 from latte.diffusion import GaussianDiffusion
 from latte.host_memory import keep_freed_memory
@@ -154,15 +155,15 @@ def main() -> None:
                                      cache_stats=counts)
                 sync(device)
             except Exception as error:  # one broken row must not cost the others
-                first_line = (str(error).strip().splitlines() or [""])[0]
-                print(f"{spec:<16} {cache:<36} failed: {type(error).__name__}: {first_line}", flush=True)
+                print(f"{spec:<16} {cache:<36} failed: {one_line(error)}", flush=True)
+                show_traceback(f"{spec} {cache}", error)
                 failed.append(f"{spec} {cache}")
                 continue
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             psnr = "-"
-            if plain is None:
+            if kind == "none":
                 plain = videos
-            elif kind != "none":
+            elif plain is not None:  # against this sampler's uncached videos (none when that row failed)
                 mse = ((videos - plain) / 2).pow(2).mean().item()
                 psnr = f"{10 * math.log10(1 / max(mse, 1e-12)):.1f} dB"
             share = f"{counts['computed'] / max(counts['calls'], 1):.0%}" if counts else "-"

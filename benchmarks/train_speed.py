@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from failures import one_line, show_traceback  # benchmarks/failures.py, beside this file
 from model_speed import build_diffusers  # benchmarks/model_speed.py, beside this file
 
 from latte.host_memory import keep_freed_memory
@@ -107,11 +108,16 @@ def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.de
     A row that fails to build or warm up goes to failure(label, error) and is left out."""
     built = []
     for label, build in builders:
+        step = None
         try:
             step = build()
             built.append((label, step, warm_up(step, warmup, device)))
         except Exception as error:
+            step = None  # the failed row's model and optimizer go before the next row is built
             failure(label, error)
+            gc.collect()
+    if not built:
+        return {}
     rounds_ms: dict[str, list[float]] = {label: [] for label, _, _ in built}
     for r in range(rounds):
         shift = r % len(built)
@@ -292,8 +298,13 @@ def main() -> None:
     failed = []
 
     def failure(label: str, error: Exception) -> None:  # one broken row (a compiler missing, say) costs no other
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        show(f"{label:34} failed: {type(error).__name__}: {first_line}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise error  # under torchrun the other ranks would wait in the row's collectives: end them all
+        if isinstance(error, torch.OutOfMemoryError):
+            show(f"{label:34} out of memory")  # a result (the row does not fit), not a failure
+            return
+        show(f"{label:34} failed: {one_line(error)}")
+        show_traceback(label, error)
         failed.append(label)
 
     if args.rounds > 1:
@@ -302,9 +313,6 @@ def main() -> None:
     for label, build in builders() if args.rounds == 1 else ():
         try:
             result = measure(build, args.steps, args.warmup, device)  # the row's model and optimizer die here
-        except torch.OutOfMemoryError:
-            show(f"{label:34} out of memory")
-            continue
         except Exception as error:
             failure(label, error)
             continue

@@ -35,8 +35,10 @@ def test_train_speed_with_activation_checkpointing_times_the_trainer_step():
     assert re.search(r"^latte eager\s+[\d.]+", out, re.M) and re.search(r"^latte train\s+[\d.]+", out, re.M), out
 
 
-@pytest.mark.parametrize("rounds", ["1", "2"])  # one row at a time (the CUDA default), interleaved (CPU's)
-def test_a_failing_row_is_named_and_the_rows_after_it_still_run(tmp_path, rounds):
+@pytest.mark.parametrize("rounds, rows", [("1", "eager,diffusers,official"),  # one row at a time (CUDA's default)
+                                          ("2", "eager,diffusers,official"),  # interleaved (CPU's default)
+                                          ("2", "diffusers")])  # every row failing
+def test_a_failing_row_is_named_and_the_rows_after_it_still_run(tmp_path, rounds, rows):
     # a one-shot GPU run must not lose every later row to one that breaks (a missing compiler, say):
     # here diffusers fails to import, planted ahead of the real one on the path
     (tmp_path / "diffusers").mkdir()
@@ -44,11 +46,35 @@ def test_a_failing_row_is_named_and_the_rows_after_it_still_run(tmp_path, rounds
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "train_speed.py"), "--model", "Latte-T/2", "--batch", "1",
                            "--steps", "1", "--warmup", "1", "--frames", "4", "--size", "8", "--device", "cpu",
-                           "--rounds", rounds, "--rows", "eager,diffusers,official"], capture_output=True, text=True, env=env, timeout=600)
+                           "--rounds", rounds, "--rows", rows], capture_output=True, text=True, env=env, timeout=600)
     out = proc.stdout
     assert re.search(r"^diffusers\s+failed: ImportError: planted: no diffusers here$", out, re.M), out
-    assert re.search(r"^latte eager\s+[\d.]+", out, re.M) and re.search(r"^official \(fp32, math attn\)\s+[\d.]+", out, re.M), out
+    if rows != "diffusers":
+        assert re.search(r"^latte eager\s+[\d.]+", out, re.M), out
+        assert re.search(r"^official \(fp32, math attn\)\s+[\d.]+", out, re.M), out
     assert proc.returncode == 1 and "rows that failed: diffusers" in proc.stderr, proc.stderr[-2000:]
+    assert "--- diffusers failed:" in proc.stderr and "Traceback" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_compile_failure_is_named_by_its_cause_not_by_the_wrapper():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from failures import one_line, stderr_cause
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    cause = RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+    try:
+        raise BackendCompilerFailed(lambda *a: None, cause, None)
+    except BackendCompilerFailed as error:  # its own message starts "backend='<lambda>' raised:"
+        assert one_line(error) == "RuntimeError: Failed to find C compiler. Please specify via CC environment variable."
+    assert one_line(ValueError("two\nlines\n")) == "ValueError: two lines"
+    tail = ("Traceback (most recent call last):\n  ...\ntorch._dynamo.exc.BackendCompilerFailed: backend='inductor' "
+            "raised:\nRuntimeError: Failed to find C compiler.\n\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack "
+            "trace (please do this especially if you're reporting a bug to PyTorch).\n")
+    assert stderr_cause(tail) == "RuntimeError: Failed to find C compiler."
+    assert stderr_cause("latte train: error: no such file\n") == "latte train: error: no such file"
 
 
 def test_a_failing_sampling_row_is_named_and_the_rows_after_it_still_run():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 # Dense (no sparsity) bf16 peaks, TFLOP/s, from NVIDIA's datasheets; the first whose words all occur
-# in torch.cuda.get_device_name() applies (SXM figures unless the name says PCIe or NVL).
+# in torch.cuda.get_device_name() applies (SXM figures, except the H100 PCIe and the H200 NVL).
 PEAK_TFLOPS = (("H200 NVL", 835.5), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
 
 
