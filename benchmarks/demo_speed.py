@@ -39,7 +39,7 @@ def cpu_recipe() -> list[str]:
 
 
 class RowFailed(Exception):
-    """A row's `latte train` exited non-zero; the message is its last line of stderr."""
+    """A row's `latte train` exited non-zero; the message is the line of its stderr that names the error."""
 
 
 def run_row(overrides: list[str], args, folder: Path) -> dict:

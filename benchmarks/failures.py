@@ -11,12 +11,16 @@ import traceback
 _HINTS = re.compile(r"^(Set TORCHDYNAMO_VERBOSE|You can suppress this exception|For even more developer context)")
 
 
+def _lines(text: str) -> list[str]:
+    """The non-empty lines of `text`, stripped, without torch's hint lines."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not _HINTS.match(line.strip())]
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """`Type: message` of what went wrong, on one line: a compiler's wrapper (torch._dynamo's
     BackendCompilerFailed, whose own first line is only "backend='inductor' raised:") is unwrapped."""
     inner = getattr(error, "inner_exception", None) or error
-    lines = [line for line in str(inner).strip().splitlines() if line.strip() and not _HINTS.match(line.strip())]
-    text = " ".join(" ".join(lines).split())
+    text = " ".join(" ".join(_lines(str(inner))).split())
     return f"{type(inner).__name__}: {text[:limit]}" if text else type(inner).__name__
 
 
@@ -29,6 +33,6 @@ def show_traceback(label: str, error: BaseException) -> None:
 def stderr_cause(stderr: str) -> str:
     """The line of a failed command's stderr that names the error: the last one that says Error,
     Exception or error:, past torch's hint lines; else its last line."""
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip() and not _HINTS.match(line.strip())]
+    lines = _lines(stderr)
     named = [line for line in lines if re.search(r"Error|Exception|error:", line)]
     return (named or lines or [""])[-1]

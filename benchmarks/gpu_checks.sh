@@ -56,13 +56,23 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   done
   export PYTHONPATH=$PYTHONPATH:$site
 fi
-# what each part needs, named up front so a missing package reads as such rather than as a failed row
-for module in torch diffusers av mlxtend scipy peft yaml; do
-  python3 -c "import $module" 2>/dev/null || note "missing: python3 cannot import $module"
-done
-if ! why=$(python3 -m latte.cli --help 2>&1 > /dev/null); then
-  note "latte's command line does not load: $(echo "$why" | tail -n 1)"
-fi
+# what each part needs, named up front (in one process: torch loads once) so that a missing package
+# reads as such rather than as a failed row
+preflight='
+import importlib
+for name in ("torch", "diffusers", "av", "mlxtend", "scipy", "peft", "yaml"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        print(f"missing: python3 cannot import {name}")
+try:
+    from latte.cli import build_parser
+    build_parser()  # imports every command module, as `latte --help` does
+except Exception as error:
+    print(f"the latte command line does not load: {type(error).__name__}: {error}".splitlines()[0])
+'
+missing=$(python3 -c "$preflight" 2>/dev/null)
+[ -z "$missing" ] || note "$missing"
 detectors="from latte.metrics import i3d, inception; i3d.i3d_weights_path(); inception.inception_weights_path()"
 if [ "$eval_clips" != 0 ] && ! why=$(python3 -c "$detectors" 2>&1); then
   note "FVD/FID feature throughput skipped: $(echo "$why" | tail -n 1)"

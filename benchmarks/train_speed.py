@@ -108,14 +108,13 @@ def interleaved(builders, steps: int, warmup: int, rounds: int, device: torch.de
     A row that fails to build or warm up goes to failure(label, error) and is left out."""
     built = []
     for label, build in builders:
-        step = None
         try:
             step = build()
             built.append((label, step, warm_up(step, warmup, device)))
         except Exception as error:
-            step = None  # the failed row's model and optimizer go before the next row is built
             failure(label, error)
-            gc.collect()
+            step = None
+        gc.collect()  # past the except clause, whose error held a failed row's frames: its model goes here
     if not built:
         return {}
     rounds_ms: dict[str, list[float]] = {label: [] for label, _, _ in built}

@@ -191,8 +191,8 @@ def test_mfu_is_logged_with_a_given_peak_and_counts_three_forward_passes(tmp_pat
 def test_peak_flops_of_known_gpus(monkeypatch):
     assert mfu.peak_flops(torch.device("cpu")) is None
     assert mfu.peak_flops(torch.device("cpu"), 10.0) == 10e12
-    for name, tflops in [("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.5), ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0),
-                         ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA GeForce RTX 4090", None)]:
+    for name, tflops in [("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.5), ("NVIDIA H100 80GB HBM3", 989.4),
+                         ("NVIDIA H100 PCIe", 756.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA GeForce RTX 4090", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert mfu.peak_flops(torch.device("cuda")) == (None if tflops is None else tflops * 1e12), name
 
