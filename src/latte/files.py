@@ -1,6 +1,11 @@
 """Writing files safely: one atomic-write helper for every writer, output checks before the work,
 disk-full errors as one line, and the run-folder lock.
 
+What a command may write over is decided here, in `check_output_file` / `check_output_folder`, which
+every command calls on its outputs before any work (and which create nothing): never a file a run
+depends on (`protected_by`: a run folder's checkpoints and config, a latent cache's files, a file a
+LoRA run records by hash as its base), and any other existing file only with `--overwrite`.
+
 Every file latte writes (checkpoints, videos, manifests, reports, cache shards) goes through
 `atomic_path`: the data goes into a temp file beside the target, is fsynced, takes the mode the
 umask gives new files (mkstemp would leave it 0600) and is renamed over the target, so a reader or a
@@ -10,7 +15,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import logging
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -129,19 +137,179 @@ def make_folder(folder, what: str = "folder") -> Path:
     return folder
 
 
-def check_output_file(path, what: str = "output") -> Path:
-    """Before any work: `path` can be created as a file (its folder exists or can be made, it is not a folder)."""
-    path = Path(path)
-    if path.is_dir():
-        raise LatteError(f"cannot create {what} {path}: it is an existing folder")
-    make_parent(path, what)
-    try:  # the folder may take no files whatever its mode bits say (root, /proc, a read-only mount)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe(path: Path, what: str) -> None:
+    """`path` could be created: its nearest existing folder is a folder that takes files (root, /proc and
+    read-only mounts refuse whatever the mode bits say). Nothing is created."""
+    found = _nearest_existing(path.parent)
+    if not found.is_dir():
+        raise LatteError(f"cannot create {what} {path}: {found} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=found)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise _write_error(exc, path, what) from exc
+
+
+def check_output_file(path, what: str = "output", overwrite: bool = False, reads: dict | None = None) -> Path:
+    """Before any work: `path` may be written as a file. Not a folder, not a file the command reads
+    (`reads`: {"what it is": path}), never a file a run depends on (`protected_by`), an existing file only
+    with `overwrite`, and its folder takes files. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise LatteError(f"cannot create {what} {path}: it is an existing folder")
+    _refuse_reads(path, what, reads)
+    refuse_protected(path, what)
+    if path.exists() and not overwrite:
+        raise LatteError(f"{what} {path} exists: pass --overwrite to replace it")
+    _probe(path, what)
     return path
+
+
+def _refuse_reads(path: Path, what: str, reads: dict | None) -> None:
+    for role, source in (reads or {}).items():
+        if source is not None and resolved(source) == resolved(path):
+            raise LatteError(f"the {what} {path} is {role}: give another {what} path")
+
+
+def check_output_folder(path, what: str = "output folder", overwrite: bool | None = None,
+                        holds: str | None = None, reads: dict | None = None) -> Path:
+    """Before any work: `path` may be a folder the command writes into. overwrite None: a folder the
+    command resumes (train, encode, sample into a folder, ablate), which may exist but may be a run folder
+    only when it `holds` "run" and a latent cache only when it holds "cache"; True/False: a folder whose
+    files it replaces (convert --to diffusers), which may exist non-empty only with overwrite. Never a
+    folder inside what a run depends on, nor one the command reads (`reads`). Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LatteError(f"cannot create {what} {path}: a file of that name exists")
+    _refuse_reads(path, what, reads)
+    refuse_protected(path, what, whole_folder=overwrite is not None)
+    if path.is_dir():
+        if holds != "run" and is_run_folder(path):
+            raise LatteError(f"{what} {path} is a training run folder: give another folder")
+        if holds != "cache" and is_latent_cache(path):
+            raise LatteError(f"{what} {path} is a latent cache: give another folder")
+        if overwrite is False and any(p.name != LOCK_NAME for p in path.iterdir()):
+            raise LatteError(f"{what} {path} exists and is not empty: pass --overwrite to replace its files")
+    _probe(path / "probe", what)
+    return path
+
+
+def replace_folder(new: Path, folder: Path) -> Path:
+    """Move the complete folder `new` to `folder`, replacing an existing one (renamed aside first, removed after)."""
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+    os.replace(new, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(folder.parent)
+    return folder
+
+
+# -- what no command writes over ---------------------------------------------------------------------------
+
+RUN_CONFIG = "config.yaml"
+CACHE_MANIFEST, CACHE_FORMAT = "manifest.json", "latte-latent-cache"
+DEPENDENCIES = "dependencies.jsonl"
+log = logging.getLogger("latte.files")
+
+
+def resolved(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def cache_root() -> Path:
+    """$LATTE_CACHE_DIR, else ~/.cache/latte: real statistics and the record of files runs depend on."""
+    root = os.environ.get("LATTE_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "latte"
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() and (folder / RUN_CONFIG).is_file()
+
+
+def is_latent_cache(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CACHE_MANIFEST).read_text()).get("format") == CACHE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _dependencies() -> list[dict]:
+    """The recorded dependencies whose run still holds checkpoints (others are stale)."""
+    try:
+        lines = (cache_root() / DEPENDENCIES).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if (Path(entry["run"]) / "checkpoints").is_dir():
+                entries.append(entry)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
+
+
+def record_dependency(path, sha256: str, run) -> None:
+    """Note that the run folder `run` depends on `path` as it was (sha256): while the run holds checkpoints,
+    no latte command writes over it and training keeps it. A record that cannot be written is a warning."""
+    entry = {"path": str(resolved(path)), "sha256": sha256, "run": str(resolved(run))}
+    if entry in _dependencies():
+        return
+    registry = cache_root() / DEPENDENCIES
+    try:
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        with open(registry.with_name(registry.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one read-modify-write at a time; stale records dropped
+            kept = [e for e in _dependencies() if e != entry] + [entry]
+            atomic_write_text(registry, "".join(json.dumps(e) + "\n" for e in kept), "dependency record")
+    except (OSError, LatteError) as exc:
+        log.warning("could not record that %s depends on %s in %s: %s", run, path, registry, exc)
+
+
+def recorded_dependency(path, whole_folder: bool = False) -> dict | None:
+    """The record of a run that depends on `path` (or on a file inside it; with whole_folder, also on a
+    file inside the folder `path`), or None."""
+    target = resolved(path)
+    for entry in _dependencies():
+        recorded = Path(entry["path"])
+        if target == recorded or recorded in target.parents or (whole_folder and target in recorded.parents):
+            return entry
+    return None
+
+
+def protected_by(path, whole_folder: bool = False) -> str | None:
+    """Why no command may write `path` (or, with whole_folder, replace the folder `path`), or None: a file
+    a run records by hash, anything in a run folder's checkpoints/ or its config, anything in a latent cache."""
+    target = resolved(path)
+    entry = recorded_dependency(target, whole_folder)
+    if entry is not None:
+        return (f"run {entry['run']} depends on {entry['path']} (recorded by sha256 {entry['sha256'][:12]} "
+                f"as the base of its LoRA adapters)")
+    if target.name == RUN_CONFIG and is_run_folder(target.parent):
+        return f"it is the config of run {target.parent}"
+    for folder in target.parents:
+        if folder.name == "checkpoints" and is_run_folder(folder.parent):
+            return f"it is in the checkpoints of run {folder.parent}"
+        if is_latent_cache(folder):
+            return f"it is in the latent cache {folder}"
+    return None
+
+
+def refuse_protected(path, what: str, whole_folder: bool = False) -> None:
+    reason = protected_by(path, whole_folder)
+    if reason:
+        raise LatteError(f"refusing to write {what} {path}: {reason}; not even --overwrite replaces it")
 
 
 # -- one writer per run folder ---------------------------------------------------------------------------
@@ -151,7 +319,8 @@ LOCK_NAME = ".latte.lock"
 
 class FolderLock:
     """An exclusive flock on <folder>/.latte.lock holding "pid@host command". The kernel drops the lock
-    when its process exits or is killed, so no crash leaves a folder locked; the file itself stays."""
+    when its process exits or is killed, so no crash leaves a folder locked (a killed holder's file stays,
+    unlocked); a released lock removes its file, and the folder too when the lock made it and it is empty."""
 
     def __init__(self, folder, command: str):
         self.folder, self.command = Path(folder), command
@@ -161,17 +330,24 @@ class FolderLock:
         self.created = not self.folder.exists()
         make_folder(self.folder, "output folder")
         path = self.folder / LOCK_NAME
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        while True:
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    handle.close()
+                    raise
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
                 handle.close()
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+                raise LatteError(f"{self.folder} is in use by {holder}: wait for it to finish or use another folder")
+            try:  # the holder we waited on may have removed the file on release: lock the file that is there
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             handle.close()
-            raise LatteError(f"{self.folder} is in use by {holder}: wait for it to finish or use another folder")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} (latte {self.command})\n")
@@ -180,11 +356,11 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        """Unlock; a folder this lock created and nothing else was written into is removed again."""
+        """Remove the lock file and unlock; a folder this lock created that is empty again is removed."""
         if self.handle is None:
             return
-        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
-            (self.folder / LOCK_NAME).unlink(missing_ok=True)
+        (self.folder / LOCK_NAME).unlink(missing_ok=True)  # still locked: no one else holds this file
+        if self.created and not any(self.folder.iterdir()):
             self.folder.rmdir()
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()

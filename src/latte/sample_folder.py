@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from latte.errors import LatteError
-from latte.files import FolderLock, atomic_write_text, check_output_file, make_folder
+from latte.files import FolderLock, atomic_write_text, check_output_file, check_output_folder
 
 SETTINGS = "sample-settings.json"
 
@@ -35,12 +35,13 @@ def check_arguments(args) -> None:
         raise LatteError(f"--class-label must be >= 0, got {args.class_label}")
 
 
-def check_output(output: Path, folder_mode: bool) -> None:
-    """The output can be written, checked before the model is loaded or anything is sampled."""
+def check_output(output: Path, folder_mode: bool, overwrite: bool = False) -> None:
+    """The output can and may be written (latte.files' rule), checked before the model is loaded or
+    anything is sampled; nothing is created yet. A folder is resumed, never replaced."""
     if folder_mode:
-        make_folder(output, "output folder")
+        check_output_folder(output, "output folder")
     else:
-        check_output_file(output, "output")
+        check_output_file(output, "output", overwrite)
 
 
 # Settings recorded since 2026-11-30: a folder written before lacks them, and its videos used these defaults.

@@ -43,6 +43,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--adapter-dir", default=None,
                         help="with --merge-lora --to diffusers: where the adapter alone goes in peft's format "
                              "(default: OUTPUT-lora)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file or folder (never one a run depends on)")
     return parser
 
 
@@ -60,24 +62,40 @@ def latte_file(model, path: Path, vae: str, note: str) -> None:
                  "converted_from": note}, path)
 
 
+def check_outputs(args, state: dict | None) -> None:
+    """Before any work: the outputs may be written (latte.files' rule), and none is what this command reads."""
+    from latte.files import check_output_file, check_output_folder
+
+    output = Path(args.output)
+    reads = {"the input itself": state["path"] if state is not None else args.input}
+    if state is not None and "base" in state:
+        reads["the base of this LoRA run"] = state["base"]["path"]
+    if args.target == "latte":
+        check_output_file(output, "output", args.overwrite, reads=reads)
+        return
+    check_output_folder(output, "output", overwrite=args.overwrite, reads=reads)
+    if state is not None and "base" in state:
+        check_output_folder(adapter_dir(args), "adapter folder", overwrite=args.overwrite, reads=reads)
+
+
+def adapter_dir(args) -> Path:
+    output = Path(args.output)
+    return Path(args.adapter_dir) if args.adapter_dir else output.with_name(output.name + "-lora")
+
+
 def run(args) -> int:
     from latte import models
-    from latte.files import check_output_file, make_folder
 
     source, target, output = args.source, args.target, Path(args.output)
-    read = Path(args.input)
-    if source == "latte" and read.is_dir():  # a run folder is read through its latest checkpoint
-        from latte.train.checkpoint import resolve_checkpoint
+    state = None
+    if source == "latte":  # a run folder is read through its latest checkpoint
+        from latte.train.checkpoint import load_checkpoint
 
-        read = resolve_checkpoint(read)
-    if output.resolve() == read.resolve():  # the write would replace what it converts
-        raise LatteError(f"the output {output} is the input itself: give another output path")
-    if target == "latte":
-        check_output_file(output, "output")
-    else:
-        make_folder(output.parent, "the folder of output")
-    if source == "latte" and _lora_run(args):
-        return merge_lora_run(args)
+        state = load_checkpoint(args.input)
+        _check_lora_flag(args, "base" in state)
+    check_outputs(args, state)
+    if state is not None and "base" in state:
+        return merge_lora_run(args, state)
     report = None
     if source == "official":
         model = _tensors_only(lambda: models.load_official_checkpoint(args.input), args.input,
@@ -124,26 +142,21 @@ def _tensors_only(read, path: str, kind: str):
                          "converts with --from latte") from exc
 
 
-def _lora_run(args) -> bool:
-    """Whether --input is a LoRA run; --merge-lora is required for one and refused for any other."""
-    from latte.train.checkpoint import load_checkpoint
-
-    is_lora = "base" in load_checkpoint(args.input)
+def _check_lora_flag(args, is_lora: bool) -> None:
+    """--merge-lora is required for a LoRA run and refused for any other."""
     if is_lora and not args.merge_lora:
         raise LatteError(f"{args.input} is a LoRA run (adapters over a base model): pass --merge-lora")
     if args.merge_lora and not is_lora:
         raise LatteError(f"--merge-lora: {args.input} is not a LoRA run (its checkpoint holds full weights)")
-    return is_lora
 
 
-def merge_lora_run(args) -> int:
-    """A LoRA run with its adapters merged: a full latte checkpoint (model and EMA weights, the run's
-    config without the LoRA keys), or a diffusers folder plus the adapter alone in peft's format."""
+def merge_lora_run(args, state: dict) -> int:
+    """A LoRA run (its checkpoint `state`) with its adapters merged: a full latte checkpoint (model and EMA
+    weights, the run's config without the LoRA keys), or a diffusers folder plus the adapter alone in peft's format."""
     from latte.train import lora
-    from latte.train.checkpoint import atomic_save, load_checkpoint
+    from latte.train.checkpoint import atomic_save
     from latte.train.finetune import run_model
 
-    state = load_checkpoint(args.input)
     output = Path(args.output)
     model = run_model(state, use_ema=True)
     if args.target == "latte":
@@ -161,10 +174,10 @@ def merge_lora_run(args) -> int:
                          "class/unconditional models convert --to latte")
     from latte import models
 
-    adapter_dir = Path(args.adapter_dir) if args.adapter_dir else output.with_name(output.name + "-lora")
+    adapters = adapter_dir(args)
     models.export_diffusers_transformer(model, output)
-    lora.export_peft_adapter(run_model(state, use_ema=True, merge=False), state["lora"], adapter_dir,
-                             base=state["base"]["path"])
+    lora.export_peft_adapter(run_model(state, use_ema=True, merge=False), state["lora"], adapters,
+                             base=state["base"]["path"], overwrite=args.overwrite)
     print(f"wrote {output} (merged, {model.num_parameters(trainable_only=False):,} parameters) "
-          f"and {adapter_dir} (the adapter alone, peft format)")
+          f"and {adapters} (the adapter alone, peft format)")
     return 0

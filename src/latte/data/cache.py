@@ -31,11 +31,12 @@ from tqdm import tqdm
 from latte.data.datasets import keyed_generator, other_clip, randint
 from latte.devices import pick_device
 from latte.errors import LatteError
-from latte.files import LOCK_NAME, FolderLock, atomic_path, atomic_write_text, remove_stale_temps
+from latte.files import (CACHE_FORMAT, CACHE_MANIFEST, LOCK_NAME, FolderLock, atomic_path, atomic_write_text,
+                         check_output_folder, remove_stale_temps)
 
-MANIFEST = "manifest.json"
+MANIFEST = CACHE_MANIFEST  # latte.files knows a cache by it: nothing but `latte encode` writes into one
 EMPTY_TEXT = "empty-text.safetensors"
-FORMAT, VERSION = "latte-latent-cache", 1
+FORMAT, VERSION = CACHE_FORMAT, 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -149,6 +150,7 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
     if batch_size < 1 or workers < 0 or chunk_size < 1:  # before the folder or its manifest exist
         raise LatteError(f"batch size and chunk size must be >= 1 and workers >= 0, got {batch_size}, "
                          f"{chunk_size} and {workers}")
+    check_output_folder(output, "cache folder", holds="cache")
     with FolderLock(output, "encode"):  # one writer per cache folder
         return _encode(output, settings, batch_size, device, workers, chunk_size, log)
 

@@ -141,10 +141,9 @@ def _build_detectors(options: EvalOptions, device: torch.device) -> tuple[dict[s
 
 def stats_cache_dir(explicit: str | None = None) -> Path:
     """--cache-dir, else $LATTE_CACHE_DIR/stats, else ~/.cache/latte/stats."""
-    if explicit:
-        return Path(explicit).expanduser()
-    root = os.environ.get("LATTE_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "latte") / "stats"
+    from latte.files import cache_root
+
+    return Path(explicit).expanduser() if explicit else cache_root() / "stats"
 
 
 def cache_key(clips: ClipSet, protocol: ClipProtocol, detector: Detector) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from latte.errors import LatteError
-from latte.files import DiskFullError, atomic_torch_save, atomic_write_text, remove_stale_temps
+from latte.files import DiskFullError, atomic_torch_save, atomic_write_text, record_dependency, recorded_dependency, remove_stale_temps
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -41,8 +41,11 @@ def save_checkpoint(state: dict, output_dir, keep: int) -> Path:
         good = list_checkpoints(output_dir)
         kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
         raise DiskFullError(f"{exc}; training stopped ({kept})") from exc
+    if state.get("base"):  # a LoRA checkpoint: no latte command writes over its base while this run exists
+        record_dependency(state["base"]["path"], state["base"]["sha256"], output_dir)
     for old in list_checkpoints(output_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        if recorded_dependency(old) is None:  # a LoRA run's base stays, whatever keep_checkpoints says
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from latte.files import FolderLock, atomic_write_text
+from latte.files import FolderLock, atomic_write_text, check_output_folder
 from latte.sampling import SampleRequest, generate
 from latte.train import distributed
 from latte.train.checkpoint import tidy_run_folder
@@ -46,6 +46,7 @@ def write_samples(trainer: Trainer, name: str, formats=(".png",)) -> list[Path]:
 
 
 def train(config: Config, write_samples_at_end: bool = True, log=print) -> Trainer:
+    check_output_folder(config.train.output_dir, "run folder", holds="run")
     # one writer per run folder (rank 0 of a torchrun job holds the lock for all its ranks)
     lock = FolderLock(config.train.output_dir, "train") if int(os.environ.get("RANK", "0")) == 0 else None
     with lock or contextlib.nullcontext():

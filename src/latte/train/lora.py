@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from latte.errors import LatteError
+from latte.files import replace_folder
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "cross_attn.q", "cross_attn.kv", "cross_attn.proj",
                    "temporal_attn.qkv", "temporal_attn.proj")
@@ -93,7 +94,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_peft_adapter(model: nn.Module, lora: dict, folder, base: str) -> Path:
+def export_peft_adapter(model: nn.Module, lora: dict, folder, base: str, overwrite: bool = False) -> Path:
     """The adapters of a text model in peft's format over diffusers' LatteTransformer3DModel names:
     `adapter_config.json` + `adapter_model.safetensors` (`PeftModel.from_pretrained(transformer, folder)`).
     A fused layer splits exactly: (q; k; v) = (B_q; B_k; B_v) A, so each part keeps A and takes its rows of B."""
@@ -113,15 +114,15 @@ def export_peft_adapter(model: nn.Module, lora: dict, folder, base: str) -> Path
     config = peft.LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                              target_modules=sorted(modules), base_model_name_or_path=base)
     folder = Path(folder)
-    if folder.exists():
-        raise LatteError(f"adapter folder exists already: {folder}")
+    if folder.exists() and not overwrite:
+        raise LatteError(f"adapter folder exists already: {folder} (pass --overwrite to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:  # written beside the target, renamed when complete: never a half-written adapter folder
+    try:  # written beside the target, moved there when complete: never a half-written adapter folder
         config.save_pretrained(str(tmp))
         save_file(tensors, os.fspath(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         json.loads((tmp / "adapter_config.json").read_text())
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
