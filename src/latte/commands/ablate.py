@@ -62,6 +62,8 @@ def build_plan(args):
                              ("--eval-every", args.eval_every, 1), ("--eval-steps", args.eval_steps, 1)):
         if value is not None and value < low:
             raise LatteError(f"{name} must be >= {low}, got {value}")
+    if args.classifier_seconds <= 0:
+        raise LatteError(f"--classifier-seconds must be > 0, got {args.classifier_seconds}")
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
@@ -78,6 +80,9 @@ def build_plan(args):
     plan = StudyPlan(study=study, preset=preset, config_file=args.config, overrides=list(args.overrides),
                      output=Path(args.output_dir) / study.name, seeds=args.seeds, max_steps=args.max_steps,
                      eval_every=args.eval_every, eval=settings)
+    from latte.files import check_output_folder
+
+    check_output_folder(plan.output, "study folder")  # resumed when it exists; before any run trains
     from latte.ablation.runner import option_config
 
     for option in study.options:  # every option's config is valid before any of them trains
