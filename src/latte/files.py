@@ -143,10 +143,10 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _probe(path: Path, what: str) -> None:
-    """`path` could be created: its nearest existing folder is a folder that takes files (root, /proc and
-    read-only mounts refuse whatever the mode bits say). Nothing is created."""
-    found = _nearest_existing(path.parent)
+def _probe(folder: Path, path: Path, what: str) -> None:
+    """`path` could be created in `folder`: the nearest existing folder on the way is a folder that takes
+    files (root, /proc and read-only mounts refuse whatever the mode bits say). Nothing is created."""
+    found = _nearest_existing(folder)
     if not found.is_dir():
         raise LatteError(f"cannot create {what} {path}: {found} is a file, not a folder")
     try:
@@ -168,7 +168,7 @@ def check_output_file(path, what: str = "output", overwrite: bool = False, reads
     refuse_protected(path, what)
     if path.exists() and not overwrite:
         raise LatteError(f"{what} {path} exists: pass --overwrite to replace it")
-    _probe(path, what)
+    _probe(path.parent, path, what)
     return path
 
 
@@ -197,7 +197,7 @@ def check_output_folder(path, what: str = "output folder", overwrite: bool | Non
             raise LatteError(f"{what} {path} is a latent cache: give another folder")
         if overwrite is False and any(p.name != LOCK_NAME for p in path.iterdir()):
             raise LatteError(f"{what} {path} exists and is not empty: pass --overwrite to replace its files")
-    _probe(path / "probe", what)
+    _probe(path, path, what)
     return path
 
 
