@@ -1,14 +1,16 @@
 """`latte` command line: one sub-command per module in `latte.commands`.
 
 Each command module defines `register(subparsers) -> argparse.ArgumentParser` and `run(args) -> int`.
-Errors the user can fix (LatteError, which the code raises on purpose, and a full disk) become one line
-on stderr and exit code 2; anything else is a bug and keeps its traceback. `--traceback` or
-LATTE_DEBUG=1 prints the full trace of the one-line errors too, causes included.
+Errors the user can fix (LatteError, which the code raises on purpose, a full disk, and a bad command
+line: an unknown argument, an invalid choice, a float that is nan or inf) become one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback. `--traceback` or LATTE_DEBUG=1 prints the
+full trace of the one-line errors too, causes included.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 import sys
@@ -27,8 +29,32 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with each command-line error as one line naming where the help is (not the usage block);
+    sub-commands' parsers are of this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """An argument the deepest (sub-)command does not know is its error, named with its help."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def check_floats(args: argparse.Namespace) -> None:
+    """Every float option of every command is a finite number (argparse's float() takes nan and inf)."""
+    from latte.errors import LatteError
+
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LatteError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="latte",
         description="Latte: latent diffusion transformer for video generation.",
     )
@@ -65,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     from latte.files import disk_full
 
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version exit 0 as argparse does; a usage error returns 2
+        if exc.code in (0, None):
+            raise
+        return exc.code
     if args.command is None:
         parser.print_help()
         return 2
@@ -74,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # CPU tensors reuse freed heap memory instead of faulting in fresh pages
     try:
+        check_floats(args)
         return int(modules[args.command].run(args) or 0)
     except LatteError as exc:
         if debug:
