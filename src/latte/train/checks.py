@@ -5,6 +5,7 @@ is built (so `--dry-run` catches it too).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from latte.errors import LatteError
@@ -76,6 +77,7 @@ def validate(config: Config) -> None:
             raise LatteError(f"{section}.{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
     for (section, key), (low, high, low_open, high_open) in RANGES.items():
         check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
+    check_finite(config)
     if config.train.batch_size % config.train.grad_accum:
         raise LatteError(f"train.batch_size {config.train.batch_size} must be divisible by train.grad_accum "
                          f"{config.train.grad_accum}")
@@ -104,6 +106,7 @@ RANGES = {
     ("model", "mlp_ratio"): (0, INF, True, True),
     ("model", "class_dropout"): (0, 1, False, True),
     ("model", "text_max_length"): (1, INF, False, False),
+    ("model", "lora_alpha"): (0, INF, True, True),
     ("diffusion", "num_timesteps"): (2, INF, False, False),
     ("diffusion", "beta_start"): (0, 1, True, True),
     ("diffusion", "beta_end"): (0, 1, True, True),
@@ -139,6 +142,14 @@ RANGES = {
     ("sample", "cfg_scale"): (0, INF, False, True),
     ("sample", "fps"): (1, INF, False, False),
 }
+
+
+def check_finite(config: Config) -> None:
+    """No float key is nan or inf, ranged or not (such a value only surfaces later, as a non-finite loss)."""
+    for section in dataclasses.fields(config):
+        for key, value in dataclasses.asdict(getattr(config, section.name)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LatteError(f"{section.name}.{key} must be a finite number, got {value}")
 
 
 def check_range(name: str, value, low, high, low_open: bool = False, high_open: bool = False) -> None:

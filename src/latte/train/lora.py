@@ -50,9 +50,20 @@ def target_modules(model: nn.Module, targets: list[str] | None) -> list[str]:
 def settings(model: nn.Module, section) -> dict:
     """The adapter settings a checkpoint stores: rank, alpha, dropout and the resolved module names."""
     targets = None if section.lora_targets is None else [t.strip() for t in section.lora_targets.split(",") if t.strip()]
-    rank = section.lora_rank
+    rank, modules = section.lora_rank, target_modules(model, targets)
+    check_rank(model, modules, rank)
     return {"rank": rank, "alpha": float(section.lora_alpha if section.lora_alpha is not None else rank),
-            "dropout": section.lora_dropout, "modules": target_modules(model, targets)}
+            "dropout": section.lora_dropout, "modules": modules}
+
+
+def check_rank(model: nn.Module, modules: list[str], rank: int) -> None:
+    """A rank above min(in, out) of an adapted layer adds nothing a full update would not, and its adapters
+    outgrow the layer (a large enough one outgrows the machine's memory): refused, naming the narrowest layer."""
+    name, layer = min(((n, model.get_submodule(n)) for n in modules), key=lambda nl: min(nl[1].weight.shape))
+    width = min(layer.in_features, layer.out_features)
+    if rank > width:
+        raise LatteError(f"model.lora_rank {rank} exceeds the width of the layers it adapts: {name} maps "
+                         f"{layer.in_features} to {layer.out_features} features, so the rank can be at most {width}")
 
 
 def add_adapters(model: nn.Module, lora: dict) -> nn.Module:
