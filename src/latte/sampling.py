@@ -45,8 +45,9 @@ def default_precision(device) -> str:
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
-def check_speed_options(request: SampleRequest) -> None:
-    """One-line errors for a bad precision, cache or cache option, before any sampling work."""
+def check_speed_options(request: SampleRequest, num_timesteps: int | None = None) -> None:
+    """One-line errors for a bad precision, cache or cache option (its timestep ranges within the model's
+    `num_timesteps`), before any sampling work."""
     if request.precision not in PRECISIONS:
         raise LatteError(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
     if request.cache not in (None, "none", "pab"):
@@ -54,7 +55,7 @@ def check_speed_options(request: SampleRequest) -> None:
     if request.cache == "pab":
         from latte.sampling_cache import PABSettings
 
-        PABSettings.parse(request.cache_options)
+        PABSettings.parse(request.cache_options, num_timesteps)
     elif request.cache_options:
         raise LatteError("--cache-options apply to --cache pab only")
 
@@ -140,7 +141,7 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
         raise LatteError(f"the model reads {c.caption_channels}-wide text features; text encoder: {text_encoder}")
     labels = None if prompts is not None else labels_for(indices, model, request)
     guided = (prompts is not None or c.num_classes > 0) and request.cfg_scale != 1.0
-    check_speed_options(request)
+    check_speed_options(request, diffusion.num_timesteps)
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):

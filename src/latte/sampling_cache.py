@@ -52,8 +52,9 @@ class PABSettings:
     cross: Broadcast = field(default_factory=lambda: Broadcast(6, 100, 900))
 
     @classmethod
-    def parse(cls, spec: str | None) -> "PABSettings":
-        """'' or None: defaults; else comma-separated KIND=INTERVAL[@LO-HI], e.g. "spatial=2,temporal=4@100-800"."""
+    def parse(cls, spec: str | None, num_timesteps: int | None = None) -> "PABSettings":
+        """'' or None: defaults; else comma-separated KIND=INTERVAL[@LO-HI], e.g. "spatial=2,temporal=4@100-800".
+        A range given must lie in the model's timesteps 0..num_timesteps-1 (when known)."""
         settings = {k: getattr(cls(), k) for k in KINDS}
         for item in filter(None, (s.strip() for s in (spec or "").split(","))):
             kind, _, value = item.partition("=")
@@ -67,6 +68,9 @@ class PABSettings:
                 settings[kind] = Broadcast(int(interval), lo, hi)
             except ValueError:
                 raise LatteError(f"--cache-options {item!r}: INTERVAL and LO-HI must be integers") from None
+            if span and num_timesteps is not None and hi > num_timesteps - 1:
+                raise LatteError(f"--cache-options {item!r}: the model's timesteps are 0-{num_timesteps - 1}, "
+                                 f"the range ends at {hi}")
         return cls(**settings)
 
     def describe(self) -> str:

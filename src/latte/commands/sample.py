@@ -124,7 +124,7 @@ def run(args) -> int:
     import torch
 
     from latte.devices import pick_device
-    from latte.diffusion.samplers import make_scheduler, parse_scheduler_options
+    from latte.diffusion.samplers import parse_scheduler_options, scheduler_for
     from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
     from latte.train.parallelize import compile_blocks
     from latte.video_io import save_videos
@@ -158,8 +158,8 @@ def run(args) -> int:
                             negative_prompt=args.negative_prompt, precision=precision,
                             cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
                             scheduler_options=scheduler_options)
-    check_speed_options(request)
-    make_scheduler(diffusion, request.sampler, **(request.scheduler_options or {}))  # its settings, before any work
+    check_speed_options(request, diffusion.num_timesteps)
+    scheduler_for(diffusion, request.sampler, request.steps, request.scheduler_options, request.grid)  # before any work
     fps = args.fps if args.fps is not None else config.sample.fps
     if not folder_mode:
         videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 
 import numpy as np
 import torch
@@ -28,6 +29,10 @@ SAMPLERS = ("ddpm", "ddim", "dpm-solver", "dpm-solver-sde", "unipc", "deis")
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "dpm-solver-sde": 20, "unipc": 20, "deis": 20}
 MULTISTEP = ("dpm-solver", "dpm-solver-sde", "unipc", "deis")  # samplers that take the log-SNR grid of `solver_timesteps`
 GRIDS = ("logsnr", "diffusers")
+# Scheduler settings that describe the trained model (its noise schedule, what it predicts, its output
+# channels), which make_scheduler sets from the checkpoint's diffusion: an override may only repeat them.
+MODEL_SETTINGS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+                  "variance_type", "rescale_betas_zero_snr", "use_flow_sigmas")
 
 
 def guided_output(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
@@ -88,10 +93,16 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
         settings.update(solver_order=2, solver_type="bh2", predict_x0=True)
     elif sampler == "deis":
         settings.update(solver_order=2)
-    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - known)
+    known = dict(inspect.signature(cls.__init__).parameters)
+    known.pop("self")
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise LatteError(f"{sampler} scheduler has no setting {', '.join(unknown)}")
+    for key in MODEL_SETTINGS:  # what the model was trained with is the checkpoint's, not a sampling choice
+        fixed = settings.get(key, known[key].default if key in known else None)
+        if key in overrides and overrides[key] != fixed:
+            raise LatteError(f"scheduler option {key}={overrides[key]} contradicts the checkpoint, whose model was "
+                             f"trained with {key}={fixed}: leave it out")
     shown = ", ".join(f"{key}={value}" for key, value in overrides.items())
     try:
         scheduler = cls(**{**settings, **overrides})
@@ -124,7 +135,10 @@ def parse_scheduler_options(spec: str | None) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise LatteError(f"scheduler option {item!r} is not KEY=VALUE")
-        options[key.strip()] = parse_option_value(text.strip())
+        value = parse_option_value(text.strip())
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LatteError(f"scheduler option {key.strip()}={text.strip()} must be a finite number")
+        options[key.strip()] = value
     return options
 
 
@@ -163,6 +177,20 @@ def set_timesteps(scheduler, sampler: str, steps: int, grid: str = "logsnr") -> 
     scheduler.num_inference_steps = steps
 
 
+def scheduler_for(diffusion: GaussianDiffusion, sampler: str, steps: int | None = None,
+                  scheduler_options: dict | None = None, grid: str = "logsnr"):
+    """The scheduler `sample` steps with, its timesteps set: every sampler setting checked (`latte sample`
+    calls it before any work)."""
+    if sampler not in SAMPLERS:
+        raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = steps or DEFAULT_STEPS[sampler]
+    if not 1 <= steps <= diffusion.num_timesteps:
+        raise LatteError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
+    scheduler = make_scheduler(diffusion, sampler, **(scheduler_options or {}))
+    set_timesteps(scheduler, sampler, steps, grid)
+    return scheduler
+
+
 def _pair(cond, uncond):
     """One batch of the conditional and unconditional inputs (non-tensors, such as num_images, are shared)."""
     return torch.cat([cond, uncond]) if isinstance(cond, torch.Tensor) else cond
@@ -178,16 +206,10 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
     guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class.
     The model runs in its own dtype; the solver state stays float32."""
-    if sampler not in SAMPLERS:
-        raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    steps = steps or DEFAULT_STEPS[sampler]
-    if not 1 <= steps <= diffusion.num_timesteps:
-        raise LatteError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
     guided = cfg_scale != 1.0
     if guided and uncond_kwargs is None and (y is None or null_class is None):
         raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
-    scheduler = make_scheduler(diffusion, sampler, **(scheduler_options or {}))
-    set_timesteps(scheduler, sampler, steps, grid)
+    scheduler = scheduler_for(diffusion, sampler, steps, scheduler_options, grid)
     channels = shape[1]
     dtype = next((p.dtype for p in getattr(model_fn, "parameters", lambda: iter(()))()), torch.float32)
     x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
