@@ -102,9 +102,14 @@ class RealVideoClips(ClipSet):
         span = (p.frames - 1) * p.stride + 1
         counted, self.skipped = readable_frame_counts(find_videos(self.root), "indexing real videos")
         eligible = [(v, n) for v, n in counted if n >= span]
+        if not counted:
+            raise LatteError(f"no readable video under {self.root} ({len(self.skipped)} file(s) could not be decoded)")
         if not eligible:
-            raise LatteError(f"no video under {self.root} has {span} frames ({p.frames} frames at stride {p.stride}): "
-                             f"use a smaller --stride")
+            longest = max(n for _, n in counted)
+            fix = (f"use a smaller --stride (at stride 1 they need {p.frames})" if p.stride > 1 and longest >= p.frames
+                   else f"evaluation clips are {p.frames} frames: give longer videos")
+            raise LatteError(f"no video under {self.root} has {span} frames ({p.frames} frames at stride {p.stride}; "
+                             f"the longest has {longest}): {fix}")
         self.available = sum(n - span + 1 for _, n in eligible)
         rng = np.random.default_rng(p.seed)
         order = rng.permutation(len(eligible))
@@ -205,6 +210,8 @@ class GeneratedClips(ClipSet):
         counted, self.skipped = readable_frame_counts([p for p in found if p.suffix.lower() != ".npz"],
                                                       "indexing generated videos")
         self.items += [(path, -1) for path, _ in counted]
+        if not self.items:
+            raise LatteError(f"no readable video under {self.root} ({len(self.skipped)} file(s) could not be decoded)")
         self.items.sort(key=lambda item: (str(item[0]), item[1]))
         self.available = len(self.items)
         self.items = self.items[: protocol.num_clips]
