@@ -157,9 +157,9 @@ def _probe(folder: Path, path: Path, what: str) -> None:
         raise _write_error(exc, path, what) from exc
 
 
-def check_output_file(path, what: str = "output", overwrite: bool = False, reads: dict | None = None) -> Path:
+def check_output_file(path, what: str = "output", overwrite: bool = False, reads: list | None = None) -> Path:
     """Before any work: `path` may be written as a file. Not a folder, not a file the command reads
-    (`reads`: {"what it is": path}), never a file a run depends on (`protected_by`), an existing file only
+    (`reads`: (what it is, path) pairs), never a file a run depends on (`protected_by`), an existing file only
     with `overwrite`, and its folder takes files. Creates nothing."""
     path = Path(path)
     if path.is_dir():
@@ -172,14 +172,14 @@ def check_output_file(path, what: str = "output", overwrite: bool = False, reads
     return path
 
 
-def _refuse_reads(path: Path, what: str, reads: dict | None) -> None:
-    for role, source in (reads or {}).items():
+def _refuse_reads(path: Path, what: str, reads: list | None) -> None:
+    for role, source in reads or ():
         if source is not None and resolved(source) == resolved(path):
             raise LatteError(f"the {what} {path} is {role}: give another {what} path")
 
 
 def check_output_folder(path, what: str = "output folder", overwrite: bool | None = None,
-                        holds: str | None = None, reads: dict | None = None) -> Path:
+                        holds: str | None = None, reads: list | None = None) -> Path:
     """Before any work: `path` may be a folder the command writes into. overwrite None: a folder the
     command resumes (train, encode, sample into a folder, ablate), which may exist but may be a run folder
     only when it `holds` "run" and a latent cache only when it holds "cache"; True/False: a folder whose
@@ -298,10 +298,10 @@ def protected_by(path, whole_folder: bool = False) -> str | None:
                 f"as the base of its LoRA adapters)")
     if target.name == RUN_CONFIG and is_run_folder(target.parent):
         return f"it is the config of run {target.parent}"
-    for folder in target.parents:
+    for folder in (target, *target.parents):
         if folder.name == "checkpoints" and is_run_folder(folder.parent):
             return f"it is in the checkpoints of run {folder.parent}"
-        if is_latent_cache(folder):
+        if folder != target and is_latent_cache(folder):  # the cache itself: only `latte encode` resumes it
             return f"it is in the latent cache {folder}"
     return None
 

@@ -67,9 +67,9 @@ def check_outputs(args, state: dict | None) -> None:
     from latte.files import check_output_file, check_output_folder
 
     output = Path(args.output)
-    reads = {"the input itself": state["path"] if state is not None else args.input}
-    if state is not None and "base" in state:
-        reads["the base of this LoRA run"] = state["base"]["path"]
+    reads = [("the input itself", args.input)]
+    if state is not None:  # a run folder is read through its latest checkpoint, a LoRA run with its base too
+        reads += [("the input itself", state["path"]), ("the base of this LoRA run", state.get("base", {}).get("path"))]
     if args.target == "latte":
         check_output_file(output, "output", args.overwrite, reads=reads)
         return

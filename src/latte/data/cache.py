@@ -159,17 +159,17 @@ def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str,
             log) -> Path:
     from latte.vae import load_vae
 
+    previous = read_manifest(output) if (output / MANIFEST).is_file() else None
+    if previous is None and any(p.name != LOCK_NAME for p in output.iterdir()):  # the output first
+        raise LatteError(f"{output} exists and is not a latent cache: give an empty or new folder")
     device = str(pick_device(device))  # a missing GPU is refused before any work
     dataset, entries, header = _plan(settings)
     num_shards = header["num_shards"]
-    previous = read_manifest(output) if (output / MANIFEST).is_file() else None
     if previous is not None:
         check_same(previous, header, output)
         if previous.get("complete") and all(shard_path(output, k).is_file() for k in range(num_shards)):
             log(f"{output}: cache already complete ({len(entries)} clips in {num_shards} shards)")
             return output
-    elif output.exists() and (not output.is_dir() or any(p.name != LOCK_NAME for p in output.iterdir())):
-        raise LatteError(f"{output} exists and is not a latent cache: give an empty or new folder")
     remove_stale_temps(output)  # half-written files of an interrupted run
     todo = [k for k in range(num_shards) if not shard_path(output, k).is_file()]
 
