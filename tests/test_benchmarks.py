@@ -96,3 +96,21 @@ def test_a_failing_demo_row_prints_latte_trains_error_and_the_next_row_still_run
                           re.M)
     assert failures == ["CPU recipe", "preset"], proc.stdout
     assert proc.returncode == 1 and "rows that failed: cpu-recipe, preset" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_direction_probe_fails_a_text_run_that_ignores_the_direction(tmp_path):
+    """Two training steps cannot have learned the caption's direction: the probe prints a row per kept
+    checkpoint and exits 1 naming the run."""
+    from test_text_training import TINY_TEXT
+
+    from latte.cli import main
+
+    run_dir = tmp_path / "text"
+    assert main(["train", "--preset", "moving-mnist-text", "--output-dir", str(run_dir), "--max-steps", "2",
+                 "--no-samples", *[arg for o in TINY_TEXT for arg in ("--set", o)]]) == 0
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "text_direction_probe.py"), "--run", str(run_dir),
+                           "--clips", "16"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)$", proc.stdout, re.M)
+    assert [int(step) for step, *_ in rows] == [2], proc.stdout
+    assert "IGNORES the caption's direction" in proc.stdout and str(run_dir) in proc.stdout
