@@ -6,7 +6,7 @@ For each checkpoint the run keeps: the x0 error of 200 held-out clips noised to 
 sample's layout is decided) with their own caption and with the same digit moving the opposite way,
 and the gap between the two (opposite / own - 1). A model that ignores the direction reads a gap of
 0; the caption's direction is learned all at once (a saddle, docs/moving-mnist-text-demo.md), after
-which the gap is 0.2-0.35. Exits 1 when the last checkpoint's gap is below --min-gap: a run whose
+which the gap is 0.25-0.4. Exits 1 when the last checkpoint's gap is below --min-gap: a run whose
 samples will move the asked way no more often than chance. A few seconds per checkpoint.
 """
 from __future__ import annotations
