@@ -1,8 +1,10 @@
-"""Gaussian diffusion as Latte trains it: linear betas, epsilon (or v) prediction, learned-range
-variance and the hybrid loss L_simple + L_vlb of IDDPM (Nichol & Dhariwal 2021, Sec. 3.1).
+"""Gaussian diffusion as Latte trains it, the "ddpm" objective: linear betas, epsilon (or v, x0)
+prediction, learned-range variance and the hybrid loss L_simple + L_vlb of IDDPM (Nichol & Dhariwal
+2021, Sec. 3.1). Its time is the integer timestep 0..T-1, drawn one per clip.
 
-Tensors are videos (B, C, F, H, W); the model returns C channels, or 2C with learned sigma
-(first C the prediction, last C the variance interpolation v in [-1, 1]).
+Tensors are videos (B, C, F, H, W); times are (B,) per clip or (B, F) per frame. The model returns
+C channels, or 2C with learned sigma (first C the prediction, last C the variance interpolation v in
+[-1, 1]).
 """
 from __future__ import annotations
 
@@ -10,15 +12,24 @@ import math
 
 import torch
 
+from latte.diffusion.objective import Objective, is_per_clip, masked_frame_mean, net_time
 from latte.errors import LatteError
 
 PREDICTIONS = ("epsilon", "v", "x0")
 LOSS_WEIGHTINGS = ("none", "min-snr")
+# the diffusion config keys this objective reads (from_settings)
+SETTINGS = ("num_timesteps", "beta_start", "beta_end", "prediction", "loss_weighting", "min_snr_gamma",
+            "timestep_power", "timestep_power_until")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch: (B, ...) -> (B,)."""
     return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def frame_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch and the frames: (B, C, F, ...) -> (B, F)."""
+    return x.mean(dim=(1, *range(3, x.ndim)))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -43,12 +54,20 @@ def discretized_gaussian_log_likelihood(x, means, log_scales) -> torch.Tensor:
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(Objective):
     """Forward process, prediction targets, posterior and the training losses."""
+
+    name = "ddpm"
+    samplers = ("ddpm", "ddim", "dpm-solver", "dpm-solver-sde", "unipc", "deis")
+    choices = {"prediction": PREDICTIONS, "loss_weighting": LOSS_WEIGHTINGS}
+    ranges = {"num_timesteps": (2, math.inf, False, False), "beta_start": (0, 1, True, True),
+              "beta_end": (0, 1, True, True), "min_snr_gamma": (0, math.inf, True, True),
+              "timestep_power": (0, math.inf, True, True),
+              "timestep_power_until": (0, math.inf, False, False)}  # past max_steps the power holds throughout
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  learn_sigma: bool = True, prediction: str = "epsilon", loss_weighting: str = "none",
-                 min_snr_gamma: float = 5.0):
+                 min_snr_gamma: float = 5.0, timestep_power: float = 1.0, timestep_power_until: int = 0):
         if prediction not in PREDICTIONS:
             raise LatteError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
@@ -60,6 +79,7 @@ class GaussianDiffusion:
         self.num_timesteps, self.beta_start, self.beta_end = num_timesteps, beta_start, beta_end
         self.learn_sigma, self.prediction = learn_sigma, prediction
         self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
+        self.timestep_power, self.timestep_power_until = timestep_power, timestep_power_until
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -74,6 +94,16 @@ class GaussianDiffusion:
         self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
         self.log_betas = torch.log(betas)
 
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        if settings["beta_start"] > settings["beta_end"]:
+            raise LatteError(f"diffusion.beta_start {settings['beta_start']} must be <= diffusion.beta_end "
+                             f"{settings['beta_end']}")
+
+    @classmethod
+    def from_settings(cls, settings: dict, learn_sigma: bool) -> "GaussianDiffusion":
+        return cls(learn_sigma=learn_sigma, **{key: settings[key] for key in SETTINGS if key in settings})
+
     def to(self, device) -> "GaussianDiffusion":
         """Move every table to `device` once (in place), so no step copies them."""
         for name, value in vars(self).items():
@@ -83,8 +113,11 @@ class GaussianDiffusion:
 
     @staticmethod
     def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """table[t] shaped (B, 1, 1, ...) to broadcast against `like`."""
+        """table[t] shaped to broadcast against `like`: t (B,) -> (B, 1, 1, ...); t (B, F) against a
+        video (B, C, F, ...) -> (B, 1, F, 1, ...)."""
         values = table.to(t.device)[t].to(like.dtype)
+        if t.ndim == 2:
+            return values.view(values.shape[0], 1, values.shape[1], *([1] * (like.ndim - 3)))
         return values.view(-1, *([1] * (like.ndim - 1)))
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device="cpu",
@@ -96,6 +129,36 @@ class GaussianDiffusion:
         if power == 1.0:
             return torch.randint(0, T, (batch,), generator=generator, device=where).to(device)
         return (torch.rand(batch, generator=generator, device=where) ** power * T).long().clamp(max=T - 1).to(device)
+
+    def draw_times(self, clips: int, frames: int, generator: torch.Generator | None = None, device="cpu",
+                   step: int = 0) -> torch.Tensor:
+        """(clips, frames): one timestep per clip (sample_timesteps, the same draws as always), broadcast
+        over the frames. The power holds before step `timestep_power_until` (0: always), then t is uniform."""
+        until = self.timestep_power_until
+        power = self.timestep_power if not until or step < until else 1.0
+        t = self.sample_timesteps(clips, generator, device=device, power=power)  # (clips,)
+        return t[:, None].expand(clips, frames)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The network embeds the integer timestep itself."""
+        return t
+
+    def step_time(self, timestep, shape: tuple[int, int], device) -> torch.Tensor:
+        return torch.full(shape, int(timestep), dtype=torch.long, device=device)
+
+    def scheduler_settings(self, sampler: str) -> dict:
+        settings = dict(num_train_timesteps=self.num_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
+                        beta_schedule="linear",
+                        prediction_type={"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}[self.prediction])
+        if sampler == "ddpm":  # ancestral steps draw with the model's variance
+            settings["variance_type"] = "learned_range" if self.learn_sigma else "fixed_small"
+        return settings
+
+    def sampler_takes_variance(self, sampler: str) -> bool:
+        return sampler == "ddpm" and self.learn_sigma
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.q_sample(x0, t, noise)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
@@ -118,7 +181,7 @@ class GaussianDiffusion:
         return a * x_t - s * prediction
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-clip weight (B,) of the MSE. min-snr (Hang et al. 2023) weights the x0 error by
+        """Weight of the MSE at each time, t's shape. min-snr (Hang et al. 2023) weights the x0 error by
         min(SNR_t, gamma), SNR_t = abar / (1 - abar), written for the target actually predicted:
         x0 min(SNR, g); epsilon min(SNR, g) / SNR; v min(SNR, g) / (SNR + 1)."""
         if self.loss_weighting == "none":
@@ -142,30 +205,46 @@ class GaussianDiffusion:
         return frac * max_log + (1 - frac) * min_log
 
     def vb_term(self, prediction, var_values, x0, x_t, t) -> torch.Tensor:
-        """L_vlb in bits per dimension, (B,): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the decoder
-        NLL at t = 0. Pass a detached `prediction` so this term trains only the variance (IDDPM Sec. 3.1)."""
+        """L_vlb in bits per dimension, t's shape ((B,) per clip, (B, F) per frame): KL(q(x_{t-1}|x_t,x0) ||
+        p(x_{t-1}|x_t)) for t > 0, the decoder NLL at t = 0. Pass a detached `prediction` so this term trains
+        only the variance (IDDPM Sec. 3.1)."""
+        reduce = mean_flat if t.ndim == 1 else frame_mean
         true_mean, true_log_var = self.q_posterior(x0, x_t, t)
         model_mean, _ = self.q_posterior(self.predict_x0(x_t, t, prediction), x_t, t)
         model_log_var = self.model_log_variance(var_values, t)
-        kl = mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)) / math.log(2.0)
+        kl = reduce(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / math.log(2.0)
+        nll = -reduce(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
     def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
-                        noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-clip losses (B,): `loss` = `mse` (+ `vb` with learned sigma), as Latte trains (MSE, not rescaled);
-        with a loss weighting, `loss` holds the weighted MSE and `mse` stays the plain one."""
+        with a loss weighting, `loss` holds the weighted MSE and `mse` stays the plain one. Times t (B,) or
+        (B, F). Without a `mask`, times one per clip (is_per_clip) take Latte's per-clip computation, bit for
+        bit; otherwise each term is the mean over the frames that count (`mask` (B, F); None: all) of its
+        per-frame value."""
         noise = torch.randn_like(x0) if noise is None else noise
+        if mask is None and is_per_clip(t):
+            t = t if t.ndim == 1 else t[:, 0]  # (B,)
+        else:
+            t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
+            mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
         x_t = self.q_sample(x0, t, noise)
-        out = model_fn(x_t, t, **(model_kwargs or {}))
+        out = model_fn(x_t, net_time(self.model_time(t)), **(model_kwargs or {}))
         channels = x0.shape[1]
         prediction = out[:, :channels]
-        mse = mean_flat((self.target(x0, t, noise) - prediction.float()) ** 2)
-        losses = {"mse": mse, "loss": mse * self.loss_weight(t)}
+        error = (self.target(x0, t, noise) - prediction.float()) ** 2
+        if t.ndim == 1:
+            mse = mean_flat(error)
+            losses = {"mse": mse, "loss": mse * self.loss_weight(t)}
+        else:
+            per_frame = frame_mean(error)  # (B, F)
+            losses = {"mse": masked_frame_mean(per_frame, mask),
+                      "loss": masked_frame_mean(per_frame * self.loss_weight(t), mask)}
         if self.learn_sigma:
             if out.shape[1] != 2 * channels:
                 raise LatteError(f"learned sigma needs {2 * channels} output channels, the model gives {out.shape[1]}")
             vb = self.vb_term(prediction.detach().float(), out[:, channels:].float(), x0.float(), x_t.float(), t)
-            losses["vb"] = vb
-            losses["loss"] = losses["loss"] + vb
+            losses["vb"] = vb if t.ndim == 1 else masked_frame_mean(vb, mask)
+            losses["loss"] = losses["loss"] + losses["vb"]
         return losses

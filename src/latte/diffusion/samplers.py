@@ -1,10 +1,11 @@
 """Samplers over any model callable `model(x_t, t, y=..., **kwargs)`, through diffusers' schedulers
-built from the same betas: DDPM (ancestral, respaced; learned-range variance), DDIM (Song et al.
-2021, eta), DPM-Solver++ 2M (Lu et al. 2022) as an ODE ("dpm-solver") and as an SDE
-("dpm-solver-sde", fresh noise every step), UniPC (Zhao et al. 2023, bh2 predictor-corrector) and
-DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho & Salimans 2022) runs the conditional and
-unconditional halves in one batched forward pass: the unconditional half gets the null class, or
-other inputs (`uncond_kwargs`, e.g. the empty or negative prompt's embedding).
+built from the objective's settings (latte.diffusion.objective; for DDPM its betas): DDPM (ancestral,
+respaced; learned-range variance), DDIM (Song et al. 2021, eta), DPM-Solver++ 2M (Lu et al. 2022)
+as an ODE ("dpm-solver") and as an SDE ("dpm-solver-sde", fresh noise every step), UniPC (Zhao et
+al. 2023, bh2 predictor-corrector) and DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho &
+Salimans 2022) runs the conditional and unconditional halves in one batched forward pass: the
+unconditional half gets the null class, or other inputs (`uncond_kwargs`, e.g. the empty or negative
+prompt's embedding).
 
 Timesteps of the multistep solvers: evenly spaced in log-SNR from t = T-1 down towards t = 0, so the
 last model call is near t = 0 (`solver_timesteps`; docs/sampling.md). diffusers' default
@@ -22,15 +23,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from latte.diffusion.gaussian import GaussianDiffusion
+from latte.diffusion.objective import Objective, net_time
 from latte.errors import LatteError
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "dpm-solver-sde", "unipc", "deis")
+# every sampler: its diffusers scheduler and the settings of the algorithm itself (the model's come from
+# the objective's scheduler_settings); an objective lists the ones it supports
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", dict(clip_sample=False)),
+    "ddim": ("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=True)),
+    "dpm-solver": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
+    # the SDE variant draws fresh noise at every step
+    "dpm-solver-sde": ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=2)),
+    "unipc": ("UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2", predict_x0=True)),
+    "deis": ("DEISMultistepScheduler", dict(solver_order=2)),
+}
+SAMPLERS = tuple(SCHEDULERS)
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "dpm-solver-sde": 20, "unipc": 20, "deis": 20}
 MULTISTEP = ("dpm-solver", "dpm-solver-sde", "unipc", "deis")  # samplers that take the log-SNR grid of `solver_timesteps`
 GRIDS = ("logsnr", "diffusers")
 # Scheduler settings that describe the trained model (its noise schedule, what it predicts, its output
-# channels), which make_scheduler sets from the checkpoint's diffusion: an override may only repeat them.
+# channels), which make_scheduler sets from the checkpoint's objective: an override may only repeat them.
 MODEL_SETTINGS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                   "variance_type", "rescale_betas_zero_snr", "use_flow_sigmas")
 
@@ -64,35 +76,25 @@ def solver_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> np.ndarray:
     return np.array(chosen, dtype=np.int64)
 
 
-def _scheduler_class(sampler: str):
+def check_sampler(objective: Objective, sampler: str) -> None:
+    """One-line errors for a sampler nobody knows, or one the objective cannot be sampled with."""
+    if sampler not in SAMPLERS:
+        raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler not in objective.samplers:
+        raise LatteError(f"objective {objective.name} does not take sampler {sampler!r}; choose one of "
+                         f"{', '.join(objective.samplers)}")
+
+
+def make_scheduler(objective: Objective, sampler: str, **overrides):
+    """The diffusers scheduler of `sampler` for this objective's settings (for DDPM its betas and
+    prediction). `overrides` replace scheduler settings (benchmarks/sampling_quality.py compares them);
+    unknown ones are errors."""
     import diffusers
 
-    names = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler",
-             "dpm-solver-sde": "DPMSolverMultistepScheduler",
-             "unipc": "UniPCMultistepScheduler", "deis": "DEISMultistepScheduler"}
-    if sampler not in names:
-        raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    return getattr(diffusers, names[sampler])
-
-
-def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
-    """The diffusers scheduler of `sampler` for this diffusion's betas and prediction. `overrides`
-    replace scheduler settings (benchmarks/sampling_quality.py compares them); unknown ones are errors."""
-    cls = _scheduler_class(sampler)
-    settings = dict(num_train_timesteps=diffusion.num_timesteps, beta_start=diffusion.beta_start,
-                    beta_end=diffusion.beta_end, beta_schedule="linear",
-                    prediction_type={"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}[diffusion.prediction])
-    if sampler == "ddpm":
-        settings.update(variance_type="learned_range" if diffusion.learn_sigma else "fixed_small", clip_sample=False)
-    elif sampler == "ddim":
-        settings.update(clip_sample=False, set_alpha_to_one=True)
-    elif sampler in ("dpm-solver", "dpm-solver-sde"):  # the SDE variant draws fresh noise at every step
-        settings.update(algorithm_type="sde-dpmsolver++" if sampler == "dpm-solver-sde" else "dpmsolver++",
-                        solver_order=2)
-    elif sampler == "unipc":
-        settings.update(solver_order=2, solver_type="bh2", predict_x0=True)
-    elif sampler == "deis":
-        settings.update(solver_order=2)
+    check_sampler(objective, sampler)
+    name, own = SCHEDULERS[sampler]
+    cls = getattr(diffusers, name)
+    settings = {**objective.scheduler_settings(sampler), **own}
     known = dict(inspect.signature(cls.__init__).parameters)
     known.pop("self")
     unknown = sorted(set(overrides) - set(known))
@@ -110,7 +112,7 @@ def make_scheduler(diffusion: GaussianDiffusion, sampler: str, **overrides):
         raise LatteError(f"{sampler} scheduler rejects {shown}: {exc}") from exc
     if overrides:  # some values (solver_order=0) only fail inside step(): find out now, not mid-sampling
         try:
-            _rehearse(copy.deepcopy(scheduler), 2 if sampler == "ddpm" and diffusion.learn_sigma else 1)
+            _rehearse(copy.deepcopy(scheduler), 2 if objective.sampler_takes_variance(sampler) else 1)
         except Exception as exc:  # noqa: BLE001 - any failure here is the options' doing
             raise LatteError(f"{sampler} scheduler fails with {shown}: {type(exc).__name__}: {exc}") from exc
     return scheduler
@@ -177,16 +179,15 @@ def set_timesteps(scheduler, sampler: str, steps: int, grid: str = "logsnr") -> 
     scheduler.num_inference_steps = steps
 
 
-def scheduler_for(diffusion: GaussianDiffusion, sampler: str, steps: int | None = None,
+def scheduler_for(objective: Objective, sampler: str, steps: int | None = None,
                   scheduler_options: dict | None = None, grid: str = "logsnr"):
     """The scheduler `sample` steps with, its timesteps set: every sampler setting checked (`latte sample`
     calls it before any work)."""
-    if sampler not in SAMPLERS:
-        raise LatteError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    check_sampler(objective, sampler)
     steps = steps or DEFAULT_STEPS[sampler]
-    if not 1 <= steps <= diffusion.num_timesteps:
-        raise LatteError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
-    scheduler = make_scheduler(diffusion, sampler, **(scheduler_options or {}))
+    if not 1 <= steps <= objective.num_timesteps:
+        raise LatteError(f"steps must be in [1, {objective.num_timesteps}], got {steps}")
+    scheduler = make_scheduler(objective, sampler, **(scheduler_options or {}))
     set_timesteps(scheduler, sampler, steps, grid)
     return scheduler
 
@@ -197,19 +198,20 @@ def _pair(cond, uncond):
 
 
 @torch.no_grad()
-def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm", steps: int | None = None,
+def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: int | None = None,
            eta: float = 0.0, cfg_scale: float = 1.0, y: torch.Tensor | None = None, null_class: int | None = None,
            model_kwargs: dict | None = None, uncond_kwargs: dict | None = None,
            generator: torch.Generator | None = None, device="cpu", progress: bool = True,
            noise: torch.Tensor | None = None, scheduler_options: dict | None = None,
-           grid: str = "logsnr") -> torch.Tensor:
+           grid: str = "logsnr", on_step=None) -> torch.Tensor:
     """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
     guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class.
-    The model runs in its own dtype; the solver state stays float32."""
+    The model runs in its own dtype; the solver state stays float32. `on_step(timestep)`, when given, hears
+    each step's timestep from the host-side schedule before that step's model call (the PAB cache's at_time)."""
     guided = cfg_scale != 1.0
     if guided and uncond_kwargs is None and (y is None or null_class is None):
         raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
-    scheduler = scheduler_for(diffusion, sampler, steps, scheduler_options, grid)
+    scheduler = scheduler_for(objective, sampler, steps, scheduler_options, grid)
     channels = shape[1]
     dtype = next((p.dtype for p in getattr(model_fn, "parameters", lambda: iter(()))()), torch.float32)
     x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
@@ -226,14 +228,16 @@ def sample(model_fn, shape, diffusion: GaussianDiffusion, sampler: str = "ddpm",
     if sampler == "ddim":
         step_kwargs["eta"] = eta
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress, leave=False):
-        t_batch = torch.full((shape[0],), int(t), dtype=torch.long, device=device)
+        if on_step is not None:
+            on_step(float(t))  # the schedule lives on the host: no device read
+        t_batch = net_time(objective.model_time(objective.step_time(t, (shape[0], shape[2]), device)))
         x_in = x.to(dtype)
         if guided:
             out = model_fn(torch.cat([x_in, x_in]), torch.cat([t_batch, t_batch]), **kwargs)
             out = guided_output(*out.float().chunk(2), cfg_scale, channels)
         else:
             out = model_fn(x_in, t_batch, **kwargs).float()
-        if not (sampler == "ddpm" and diffusion.learn_sigma):
-            out = out[:, :channels]  # the other samplers use the prediction only
+        if not objective.sampler_takes_variance(sampler):
+            out = out[:, :channels]  # the prediction only
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     return x

@@ -1,0 +1,89 @@
+"""What an objective is: the one owner of time. It draws the training times, corrupts clean clips,
+computes the loss, says which number the network embeds for a time, and describes itself to the
+samplers (diffusers scheduler settings, the sampler names it supports).
+
+Times are (clips, frames) tensors: an objective that draws one time per clip returns it broadcast
+over the frames (`expand`, no copy). The trainer, the samplers, the PAB cache and the config checks
+use only this interface, and find objectives by name in `latte.diffusion.objectives.OBJECTIVES`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+def net_time(t: torch.Tensor) -> torch.Tensor:
+    """The time tensor the network is called with: (B,) stays; (B, F) gives its column 0, (B,).
+    Per clip only until per-frame conditioning lands in the model (which then takes (B, F) as is);
+    every network call of training and sampling goes through here."""
+    return t[:, 0] if t.ndim == 2 else t
+
+
+def is_per_clip(t: torch.Tensor) -> bool:
+    """Whether (B,) or (B, F) times are one per clip by construction: (B,), one column, or a broadcast
+    (stride 0 over frames, as `draw_times` returns). Read from the shape alone: no device sync."""
+    return t.ndim == 1 or t.shape[1] == 1 or t.stride(1) == 0
+
+
+def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the frames that count: values (B, F), mask (B, F) bool or 0/1 -> (B,). Frames left out
+    do not enter at all (not even as NaN); a clip with no frame that counts gives 0."""
+    keep = mask.to(device=values.device, dtype=torch.bool)
+    total = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim=1)
+    return total / keep.sum(dim=1).clamp(min=1).to(values.dtype)
+
+
+class Objective(ABC):
+    """The interface of a training objective; `latte.diffusion.gaussian.GaussianDiffusion` ("ddpm") is one."""
+
+    name: str  # its key in OBJECTIVES (config: diffusion.objective)
+    samplers: tuple[str, ...]  # the sampler names (latte.diffusion.samplers.SAMPLERS) it can be sampled with
+    choices: dict[str, tuple]  # diffusion config keys it reads that take one of a fixed set of values
+    ranges: dict[str, tuple]  # its numeric config keys: (low, high, low excluded, high excluded)
+    num_timesteps: int  # the scheduler's num_train_timesteps: sampling steps and PAB ranges are counted in it
+    learn_sigma: bool  # whether the model also outputs a variance (2C channels)
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: dict, learn_sigma: bool) -> "Objective":
+        """Built from a config's diffusion section as a dict (keys it lacks take their defaults)."""
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """One-line LatteErrors for combinations of its config keys that choices and ranges cannot catch."""
+
+    @abstractmethod
+    def to(self, device) -> "Objective":
+        """Its tables moved to `device` once (in place)."""
+
+    @abstractmethod
+    def draw_times(self, clips: int, frames: int, generator: torch.Generator | None, device, step: int) -> torch.Tensor:
+        """Training times (clips, frames) for optimizer step `step`, drawn from `generator`."""
+
+    @abstractmethod
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t from clean clips x0 (B, C, F, H, W) at times t (B,) or (B, F)."""
+
+    @abstractmethod
+    def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
+                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-clip losses (B,), `loss` the one to minimise; `mask` (B, F) marks the frames that count
+        (None: all of them)."""
+
+    @abstractmethod
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The number the network embeds for times t (same shape)."""
+
+    @abstractmethod
+    def step_time(self, timestep, shape: tuple[int, int], device) -> torch.Tensor:
+        """Times `shape` (B, F) of a sampling step at the scheduler's `timestep` (a host-side value)."""
+
+    @abstractmethod
+    def scheduler_settings(self, sampler: str) -> dict:
+        """The diffusers scheduler settings that describe the trained model (noise schedule, prediction
+        type, variance) for `sampler`; latte.diffusion.samplers adds the sampler's own."""
+
+    @abstractmethod
+    def sampler_takes_variance(self, sampler: str) -> bool:
+        """Whether `sampler`'s scheduler reads the model's variance channels (else it gets the first C)."""
