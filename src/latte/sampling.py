@@ -46,8 +46,8 @@ def default_precision(device) -> str:
 
 
 def check_speed_options(request: SampleRequest, num_timesteps: int | None = None) -> None:
-    """One-line errors for a bad precision, cache or cache option (its timestep ranges within the model's
-    `num_timesteps`), before any sampling work."""
+    """One-line errors for a bad precision, cache or cache option (its timestep ranges within the
+    objective's `num_timesteps`), before any sampling work."""
     if request.precision not in PRECISIONS:
         raise LatteError(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
     if request.cache not in (None, "none", "pab"):
@@ -125,11 +125,12 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int] | None = None, vae=None,
+def generate(model: Latte, objective, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
              text_encoder=None, cache_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
-    models, whose prompts are encoded by `text_encoder`). `cache_stats`, when given, accumulates the
+    models, whose prompts are encoded by `text_encoder`), sampled with the run's objective
+    (latte.diffusion.objective). `cache_stats`, when given, accumulates the
     attention cache's "calls" and "computed" counts."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
@@ -141,7 +142,7 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
         raise LatteError(f"the model reads {c.caption_channels}-wide text features; text encoder: {text_encoder}")
     labels = None if prompts is not None else labels_for(indices, model, request)
     guided = (prompts is not None or c.num_classes > 0) and request.cfg_scale != 1.0
-    check_speed_options(request, diffusion.num_timesteps)
+    check_speed_options(request, objective.num_timesteps)
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
@@ -155,11 +156,12 @@ def generate(model: Latte, diffusion, request: SampleRequest, indices: list[int]
         context, model_fn = sampling_context(model, request, device)
         with context:
             x0 = diffusion_sample(
-                model_fn, x_t.shape, diffusion, sampler=request.sampler, steps=request.steps, eta=request.eta,
+                model_fn, x_t.shape, objective, sampler=request.sampler, steps=request.steps, eta=request.eta,
                 cfg_scale=request.cfg_scale if guided else 1.0, y=y,
                 null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
                 uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
-                noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid)
+                noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid,
+                on_step=getattr(model_fn, "at_time", None))  # the PAB cache hears each step's timestep
             if cache_stats is not None and model_fn is not model:
                 for name in ("calls", "computed"):
                     cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())

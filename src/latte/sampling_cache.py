@@ -10,8 +10,9 @@ the more stable kinds (the "pyramid"). Outside the range every call computes.
 
 `PABCache(model, settings)` is a context manager: on entry it overrides `forward` of every
 attention module (block.attn, block.temporal_attn, block.cross_attn) with one that reuses the
-output, and on exit restores the modules. It reads the current timestep from the model's own calls,
-so any sampler works; the guidance pass runs the conditional and unconditional halves as one batch,
+output, and on exit restores the modules. The sampling loop tells it each step's timestep from the
+host-side schedule (`at_time`, which `sample` calls through `on_step`), so any sampler works and no
+device tensor is read (a read would wait for the GPU at every step); the guidance pass runs the conditional and unconditional halves as one batch,
 so a cached output covers both. Variant 4's split-head attention is one fused computation and is
 not cached. Nothing in the model's code or state dict changes.
 """
@@ -29,7 +30,8 @@ KINDS = ("spatial", "temporal", "cross")
 
 @dataclass(frozen=True)
 class Broadcast:
-    """Reuse an attention output for `interval` calls (1 = compute every call) while lo <= t <= hi."""
+    """Reuse an attention output for `interval` calls (1 = compute every call) while lo <= t <= hi
+    (t in the objective's timesteps, 0..num_timesteps-1)."""
 
     interval: int
     lo: int
@@ -97,14 +99,24 @@ class PABCache:
     def __init__(self, model: nn.Module, settings: PABSettings | None = None):
         self.model, self.settings = model, settings or PABSettings()
         self.modules = attention_modules(model)
-        self.timestep: int | None = None
+        self.timestep: float | None = None  # of the model calls now running
+        self._told = False  # whether the sampling loop gives the timesteps (at_time)
         self._state: dict[int, tuple[torch.Tensor, int, tuple]] = {}  # id(module) -> (output, age, input key)
         self.calls = dict.fromkeys(KINDS, 0)
         self.computed = dict.fromkeys(KINDS, 0)
 
+    def at_time(self, timestep: float) -> None:
+        """The timestep of the model calls that follow, from the sampler's host-side schedule."""
+        self.timestep, self._told = float(timestep), True
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """The model's forward; records the timestep the attention wrappers read."""
-        self.timestep = int(t.reshape(-1)[0])
+        """The model's forward. Called without at_time (outside `sample`), it takes the timestep from `t`,
+        which must then be a host tensor: reading a device one would wait for the device at every call."""
+        if not self._told:
+            if t.device.type != "cpu":
+                raise LatteError("PABCache on a device needs each step's timestep from the schedule: "
+                                 "sample(..., on_step=cache.at_time)")
+            self.timestep = float(t.reshape(-1)[0])
         return self.model(x, t, *args, **kwargs)
 
     def parameters(self):
@@ -140,6 +152,7 @@ class PABCache:
                 raise LatteError("attention modules are already wrapped by another cache")
             module.forward = self._wrap(kind, module)
         self.reset()
+        self.timestep, self._told = None, False
         return self
 
     def __exit__(self, *exc) -> None:
