@@ -1,10 +1,10 @@
 """What a training config builds: the training data (clips, or latents from a cache), the
-model config for the data's clip shape, and the diffusion process."""
+model config for the data's clip shape, and the objective (latte.diffusion.objectives)."""
 from __future__ import annotations
 
 import torch
 
-from latte.diffusion import GaussianDiffusion
+from latte.diffusion import Objective, make_objective
 from latte.models import ModelConfig, model_config
 from latte.train.config import Config
 
@@ -51,8 +51,6 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
     return model_config(m.name, **options)
 
 
-def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
-    d = config.diffusion
-    return GaussianDiffusion(num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
-                             learn_sigma=learn_sigma, prediction=d.prediction, loss_weighting=d.loss_weighting,
-                             min_snr_gamma=d.min_snr_gamma)
+def make_diffusion(config: Config, learn_sigma: bool) -> Objective:
+    """The run's objective (diffusion.objective, through the registry)."""
+    return make_objective(config.diffusion, learn_sigma)

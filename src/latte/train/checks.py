@@ -55,27 +55,28 @@ def validate(config: Config) -> None:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
-    from latte.diffusion.samplers import SAMPLERS
+    from latte.diffusion.objectives import objective_class
     from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
     from latte.train.parallelize import PARALLEL_MODES
 
+    objective = objective_class(config.diffusion.objective)  # one-line error naming the registered ones
     choices = {
         ("model", "variant"): VARIANTS,
         ("model", "patch_embed"): PATCH_EMBEDS,
         ("model", "conditioning"): tuple(c for c in CONDITIONINGS if c != "adaln-single"),  # text models: by name
         ("model", "temporal_pos"): TEMPORAL_POSITIONS,
-        ("diffusion", "prediction"): ("epsilon", "v", "x0"),
-        ("diffusion", "loss_weighting"): ("none", "min-snr"),
+        **{("diffusion", key): valid for key, valid in objective.choices.items()},
         ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
         ("train", "device"): ("auto", "cpu", "cuda"),
         ("train", "parallel"): PARALLEL_MODES,
-        ("sample", "sampler"): SAMPLERS,
+        ("sample", "sampler"): objective.samplers,
     }
     for (section, key), valid in choices.items():
         value = getattr(getattr(config, section), key)
         if value not in valid:
             raise LatteError(f"{section}.{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
-    for (section, key), (low, high, low_open, high_open) in RANGES.items():
+    ranges = {**RANGES, **{("diffusion", key): span for key, span in objective.ranges.items()}}
+    for (section, key), (low, high, low_open, high_open) in ranges.items():
         check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
     check_finite(config)
     if config.train.batch_size % config.train.grad_accum:
@@ -84,9 +85,7 @@ def validate(config: Config) -> None:
     if config.data.mnist_min_speed > config.data.mnist_max_speed:
         raise LatteError(f"data.mnist_min_speed {config.data.mnist_min_speed} must be <= data.mnist_max_speed "
                          f"{config.data.mnist_max_speed}")
-    if config.diffusion.beta_start > config.diffusion.beta_end:
-        raise LatteError(f"diffusion.beta_start {config.diffusion.beta_start} must be <= diffusion.beta_end "
-                         f"{config.diffusion.beta_end}")
+    objective.check_settings(dataclasses.asdict(config.diffusion))
     if config.train.fsdp_cpu_offload and config.train.parallel != "fsdp":
         raise LatteError("train.fsdp_cpu_offload needs train.parallel=fsdp")
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
@@ -97,6 +96,7 @@ def validate(config: Config) -> None:
 
 INF = float("inf")
 # (section, key): (low, high, low excluded, high excluded); None values (optional keys) are not checked.
+# The diffusion section's come from its objective (`ranges`).
 RANGES = {
     ("model", "tubelet_frames"): (1, INF, False, False),
     ("model", "hidden_size"): (1, INF, False, False),
@@ -107,12 +107,6 @@ RANGES = {
     ("model", "class_dropout"): (0, 1, False, True),
     ("model", "text_max_length"): (1, INF, False, False),
     ("model", "lora_alpha"): (0, INF, True, True),
-    ("diffusion", "num_timesteps"): (2, INF, False, False),
-    ("diffusion", "beta_start"): (0, 1, True, True),
-    ("diffusion", "beta_end"): (0, 1, True, True),
-    ("diffusion", "min_snr_gamma"): (0, INF, True, True),
-    ("diffusion", "timestep_power"): (0, INF, True, True),
-    ("diffusion", "timestep_power_until"): (0, INF, False, False),  # past max_steps the power holds throughout
     ("data", "num_frames"): (1, INF, False, False),
     ("data", "frame_interval"): (1, INF, False, False),
     ("data", "resolution"): (1, INF, False, False),

@@ -54,6 +54,7 @@ class ModelSection:
 
 @dataclass
 class DiffusionSection:
+    objective: str = "ddpm"  # latte.diffusion.objectives.OBJECTIVES; the keys below are ddpm's
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02

@@ -98,6 +98,7 @@ class Trainer:
             self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
         self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
         self.ema = self.tuning.make_ema(self.model)  # frozen parameters are shared, not copied
+        # the objective (latte.diffusion.objective): training times, corruption, loss, sampler settings
         self.diffusion = make_diffusion(config, self.model_config.learn_sigma).to(self.device)
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
@@ -219,11 +220,11 @@ class Trainer:
 
     # -- one optimizer step -----------------------------------------------------------------------
     def _draw(self, x_shape: torch.Size, condition_shape) -> tuple:
-        """Timesteps, noise and label- or caption-dropout mask for the whole global batch (same on every rank)."""
+        """Times (G, F), noise and label- or caption-dropout mask for the whole global batch (same on every
+        rank), from the objective and the one noise stream, in this order. x_shape: the batch (B, C, F, H, W)."""
         G = self.config.train.batch_size
-        d = self.config.diffusion
-        power = d.timestep_power if not d.timestep_power_until or self.step < d.timestep_power_until else 1.0
-        t = self.diffusion.sample_timesteps(G, self.noise, device=self.device, power=power)
+        frames = x_shape[2] if len(x_shape) == 5 else 1  # a shape without frames: one column
+        t = self.diffusion.draw_times(G, frames, self.noise, self.device, self.step)
         noise = torch.randn((G, *x_shape[1:]), generator=self.noise, device=self.device)
         drop = None
         if condition_shape is not None:
