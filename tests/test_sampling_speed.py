@@ -168,6 +168,38 @@ def test_pab_reuses_each_kind_on_its_own_interval_inside_its_range_only():
     assert cache.calls == {"spatial": 16, "temporal": 16, "cross": 16}
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver", "ddpm"])
+def test_sample_tells_each_steps_host_timestep_before_its_model_call(sampler):
+    diffusion = GaussianDiffusion(prediction="x0", learn_sigma=False)
+    events = []
+    model = lambda x, t, **_: events.append(("model", t.tolist())) or torch.zeros_like(x)
+    sample(model, (2, 1, 3, 4, 4), diffusion, sampler, steps=5, progress=False,
+           on_step=lambda timestep: events.append(("step", timestep)))
+    schedule = [float(t) for t in diffusion_scheduler_timesteps(diffusion, sampler, 5)]
+    assert events == [event for t in schedule for event in (("step", t), ("model", [int(t)] * 2))]
+    assert all(isinstance(value, float) for kind, value in events if kind == "step")
+
+
+def diffusion_scheduler_timesteps(diffusion, sampler, steps):
+    from latte.diffusion.samplers import scheduler_for
+
+    return scheduler_for(diffusion, sampler, steps).timesteps
+
+
+def test_pab_takes_the_timestep_it_is_told_not_the_model_input():
+    model = text_model()
+    hidden, mask = HashTextEncoder()(["x"])
+    settings = PABSettings.parse("spatial=2@500-999,temporal=1@0-999,cross=1@0-999")
+    with PABCache(model, settings) as cache:
+        for told in (900, 800, 700, 600):  # inside the spatial range, whatever the tensor says (t = 0 is outside)
+            cache.at_time(told)
+            cache(torch.randn(1, 2, 4, 8, 8), torch.tensor([0]), encoder_hidden_states=hidden,
+                  encoder_attention_mask=mask)
+    assert cache.computed["spatial"] // 2 == 2 and cache.timestep == 600.0
+    with PABCache(model, settings) as untold, pytest.raises(LatteError, match="on_step=cache.at_time"):
+        untold(torch.zeros(1, 2, 4, 8, 8), torch.zeros(1, device="meta"))  # a device tensor is never read
+
+
 def test_pab_covers_factorised_blocks_and_bad_options_are_one_line_errors():
     kinds = [k for k, _ in attention_modules(class_model(variant=3))]
     assert kinds == ["spatial", "temporal"] * 2
