@@ -115,8 +115,8 @@ def test_frames_outside_the_mask_do_not_matter_and_each_frame_takes_its_own_time
     # each term is the mean over the frames that count of the one-frame clip's loss at that frame's time
     for b in range(2):
         kept = mask[b].nonzero().flatten().tolist()
-        frames = [objective.training_losses(model, x0[b:b + 1, :, f:f + 1], t[b, f:f + 1], noise=noise[b:b + 1, :, f:f + 1])
-                  for f in kept]
+        frames = [objective.training_losses(model, x0[b:b + 1, :, f:f + 1], t[b, f:f + 1],
+                                            noise=noise[b:b + 1, :, f:f + 1]) for f in kept]
         for key in losses:
             expected = torch.stack([one[key][0] for one in frames]).mean()
             torch.testing.assert_close(losses[key][b], expected, rtol=1e-5, atol=1e-6, msg=key)

@@ -12,9 +12,10 @@ the more stable kinds (the "pyramid"). Outside the range every call computes.
 attention module (block.attn, block.temporal_attn, block.cross_attn) with one that reuses the
 output, and on exit restores the modules. The sampling loop tells it each step's timestep from the
 host-side schedule (`at_time`, which `sample` calls through `on_step`), so any sampler works and no
-device tensor is read (a read would wait for the GPU at every step); the guidance pass runs the conditional and unconditional halves as one batch,
-so a cached output covers both. Variant 4's split-head attention is one fused computation and is
-not cached. Nothing in the model's code or state dict changes.
+device tensor is read (a read would wait for the GPU at every step); the guidance pass runs the
+conditional and unconditional halves as one batch, so a cached output covers both. Variant 4's
+split-head attention is one fused computation and is not cached. Nothing in the model's code or
+state dict changes.
 """
 from __future__ import annotations
 
