@@ -144,7 +144,8 @@ class GaussianDiffusion(Objective):
         return t
 
     def step_time(self, timestep, shape: tuple[int, int], device) -> torch.Tensor:
-        return torch.full(shape, int(timestep), dtype=torch.long, device=device)
+        """One timestep for every clip and frame: a broadcast (is_per_clip holds)."""
+        return torch.full(shape[:1], int(timestep), dtype=torch.long, device=device)[:, None].expand(shape)
 
     def scheduler_settings(self, sampler: str) -> dict:
         settings = dict(num_train_timesteps=self.num_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
