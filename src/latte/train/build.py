@@ -1,24 +1,21 @@
-"""What a training config builds: the training data (clips, or latents from a cache), the
-model config for the data's clip shape, and the diffusion process."""
+"""What a training config builds: the training data (clips, or latents from a cache) and the
+model config for the data's clip shape (the diffusion process: latte.config.make_diffusion)."""
 from __future__ import annotations
 
 import torch
 
-from latte.diffusion import GaussianDiffusion
+from latte.config import Config
+from latte.data import build_dataset
+from latte.data.cache import LatentCacheDataset
 from latte.models import ModelConfig, model_config
-from latte.train.config import Config
+from latte.vae import load_vae
 
 
 def build_training_data(config: Config):
     """(dataset, vae or None, encode): clips decoded on the fly (encoded by the VAE when one is set:
     encode=True), or latents from a cache (its VAE is loaded only to decode samples: encode=False)."""
-    from latte.data import build_dataset
-    from latte.vae import load_vae
-
     data = config.data
     if data.cache:
-        from latte.data.cache import LatentCacheDataset
-
         dataset = LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip, seed=config.train.seed)
         return dataset, load_vae(dataset.manifest.get("vae", "none")), False
     own = data.mnist_kwargs() if data.is_moving_mnist else {}
@@ -50,9 +47,3 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
             options[key] = getattr(m, key)
     return model_config(m.name, **options)
 
-
-def make_diffusion(config: Config, learn_sigma: bool) -> GaussianDiffusion:
-    d = config.diffusion
-    return GaussianDiffusion(num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
-                             learn_sigma=learn_sigma, prediction=d.prediction, loss_weighting=d.loss_weighting,
-                             min_snr_gamma=d.min_snr_gamma)

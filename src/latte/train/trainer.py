@@ -21,9 +21,9 @@ from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.train import distributed, finetune, mfu, parallelize
 from latte.devices import pick_device
-from latte.train.build import build_training_data, dataset_num_classes, make_diffusion, make_model_config
-from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from latte.train.config import Config, resume_differences
+from latte.train.build import build_training_data, dataset_num_classes, make_model_config
+from latte.checkpoint_files import list_checkpoints, load_checkpoint, save_checkpoint
+from latte.config import Config, make_diffusion, resume_differences
 
 
 def rng_state(noise: torch.Generator) -> dict:
