@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from latte.data.cache import CacheSettings, encode_dataset
-from latte.train.config import load_config
+from latte.train.checks import load_config
 from latte.train.trainer import Trainer
 
 

@@ -31,7 +31,8 @@ ROWS = {"cpu-recipe": "CPU recipe", "preset": "preset", "compiled": "preset, com
 
 def cpu_recipe() -> list[str]:
     """--set overrides that give every key of the preset's `cuda:` mapping its value on a CPU."""
-    from latte.train.config import PRESET_DIR, load_config, read_yaml, split_cuda
+    from latte.config import PRESET_DIR, read_yaml, split_cuda
+    from latte.train.checks import load_config
 
     _, cuda = split_cuda(read_yaml(PRESET_DIR / f"{PRESET}.yaml", "preset"), PRESET)
     on_cpu = load_config(PRESET, None, ["train.device=cpu"]).to_dict()

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from latte.commands.sample import load_for_sampling
+from latte.inference import load_run
 from latte.metrics.mnist import digit_readings, motion, real_motion, train_classifier
-from latte.sampling import SampleRequest, generate
+from latte.sampling import SampleRequest
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cfg-scale", type=float, default=None)
     args = parser.parse_args()
-    model, diffusion, config, vae = load_for_sampling(args.checkpoint)
+    generator = load_run(args.checkpoint)
+    model, config = generator.model, generator.config
     frames, size = model.config.num_frames, model.config.latent_hw[0]
     net, real_accuracy = train_classifier(size, frames, args.classifier_seconds)
     request = SampleRequest(num_videos=10 * args.per_class, sampler=args.sampler or config.sample.sampler,
@@ -38,7 +39,7 @@ def main() -> None:
                             cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
                             seed=123, batch_size=10)
     start = time.perf_counter()
-    videos, labels = generate(model, diffusion, request, vae=vae, progress=False)
+    videos, labels = generator.generate(request, progress=False)
     sample_seconds = time.perf_counter() - start
     frame_accuracy, clip_agreement = digit_readings(net, videos, labels)
     real_step, real_jitter = real_motion(frames, size, len(videos), **config.data.mnist_kwargs())

@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from latte.commands.sample import load_for_sampling, text_encoder_for
 from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, caption_of, direction_of
+from latte.inference import load_run
 from latte.metrics.mnist import centroids, train_classifier
-from latte.sampling import SampleRequest, generate
+from latte.sampling import SampleRequest
 
 
 def directions(videos: torch.Tensor) -> list[str]:
@@ -95,8 +95,9 @@ def main() -> None:
     parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA weights")
     args = parser.parse_args()
 
-    model, diffusion, config, _ = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
-    text_encoder = text_encoder_for(config)
+    generator = load_run(args.checkpoint, use_ema=not args.no_ema)
+    model, diffusion, config = generator.model, generator.diffusion, generator.config
+    text_encoder = generator.load_text_encoder()
     if text_encoder is None:
         parser.error(f"{args.checkpoint} is not a text-to-video checkpoint (see moving_mnist_quality.py)")
     frames, size = model.config.num_frames, model.config.latent_hw[0]
@@ -123,7 +124,7 @@ def main() -> None:
                             cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
                             seed=args.seed, batch_size=args.batch_size, prompts=prompts)
     start = time.perf_counter()
-    videos, _ = generate(model, diffusion, request, progress=True, text_encoder=text_encoder)
+    videos, _ = generator.generate(request, progress=True)
     seconds = time.perf_counter() - start
     wanted = [asked[i % len(asked)] for i in range(len(videos))]
     digit_ok = (majority_digits(net, videos) == torch.tensor([digit for digit, _ in wanted])).tolist()

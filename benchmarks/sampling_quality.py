@@ -45,11 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latte.commands.sample import load_for_sampling, text_encoder_for
 from latte.diffusion.samplers import parse_option_value
 from latte.errors import LatteError
 from latte.files import atomic_path, atomic_write_text
 from latte.host_memory import keep_freed_memory
+from latte.inference import load_run, text_encoder_for
 from latte.sampling import SampleRequest, generate
 
 DEFAULT_ROWS = ("ddpm:250,ddim:25,ddim:50,ddim:100,dpm-solver:10,dpm-solver:15,dpm-solver:20,dpm-solver:25,"
@@ -321,7 +321,8 @@ def main() -> None:
     keep_freed_memory()  # the host-memory policy of the latte command (LATTE_SYSTEM_MALLOC=1: glibc's)
 
     device = torch.device(args.device)
-    model, diffusion, config, vae = load_for_sampling(args.checkpoint)
+    generator = load_run(args.checkpoint)
+    model, diffusion, config, vae = generator.model, generator.diffusion, generator.config, generator.vae
     text_encoder = text_encoder_for(config, device) if args.prompt else None
     base = SampleRequest(num_videos=args.videos, batch_size=chunk_size, seed=args.seed, prompts=args.prompt or None,
                          cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale)

@@ -28,9 +28,8 @@ from failures import one_line, show_traceback  # benchmarks/failures.py, beside 
 
 from latte.diffusion import GaussianDiffusion
 from latte.host_memory import keep_freed_memory
-from latte.models import create_model
+from latte.models import compile_blocks, create_model
 from latte.sampling import SampleRequest, generate
-from latte.train.parallelize import compile_blocks
 
 
 def sync(device: torch.device) -> None:

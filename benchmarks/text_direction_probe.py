@@ -17,15 +17,16 @@ import sys
 import torch
 from moving_mnist_text_quality import caption_use
 
-from latte.commands.sample import load_for_sampling, text_encoder_for
+from latte.checkpoint_files import list_checkpoints
 from latte.data.moving_mnist import MovingMNIST
-from latte.train.checkpoint import list_checkpoints
+from latte.inference import load_run
 
 
 def direction_gap(checkpoint, clips: int, t: int, seed: int) -> tuple[float, float]:
     """(own-caption x0 error, opposite-direction x0 error) of `clips` held-out clips at timestep t."""
-    model, diffusion, config, _ = load_for_sampling(str(checkpoint))
-    text_encoder = text_encoder_for(config)
+    generator = load_run(checkpoint)
+    model, diffusion, config = generator.model, generator.diffusion, generator.config
+    text_encoder = generator.load_text_encoder()
     if text_encoder is None:
         raise SystemExit(f"{checkpoint} is not a text-to-video checkpoint")
     real = MovingMNIST(num_frames=model.config.num_frames, resolution=model.config.latent_hw[0], split="test",

@@ -16,8 +16,8 @@ import argparse
 
 import torch
 
-from latte.commands.sample import load_for_sampling
 from latte.diffusion import sample
+from latte.inference import load_run
 from latte.host_memory import keep_freed_memory
 from latte.sampling import initial_noise
 
@@ -37,7 +37,8 @@ def main() -> None:
         parser.error("--span, --every and --videos must be >= 1")
     keep_freed_memory()
 
-    model, diffusion, config, _ = load_for_sampling(args.checkpoint)
+    generator = load_run(args.checkpoint)
+    model, diffusion, config = generator.model, generator.diffusion, generator.config
     c = model.config
     if c.caption_channels:
         parser.error("text models are not supported here: give a class-conditional or unconditional run")

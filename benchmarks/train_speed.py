@@ -183,7 +183,7 @@ class RandomLatents(torch.utils.data.Dataset):
 def trainer_step(args, shape, device: torch.device, output: str):
     """Trainer.train_step on in-memory random latents of `shape` (C, F, H, W)."""
     from latte.train import trainer as trainer_module
-    from latte.train.config import load_config
+    from latte.train.checks import load_config
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     overrides = [f"model.name={args.model}", f"data.num_frames={shape[1]}", f"data.resolution={shape[2]}",
@@ -248,7 +248,8 @@ def main() -> None:
     state = model.state_dict()  # on the CPU: each row copies it to its own model
 
     def latte(compiled: bool):
-        from latte.train.parallelize import checkpoint_blocks, compile_blocks
+        from latte.models import compile_blocks
+        from latte.train.parallelize import checkpoint_blocks
 
         twin = create_model(args.model, num_frames=args.frames, input_size=args.size).to(device)
         twin.load_state_dict(state)

@@ -14,12 +14,13 @@ import torch
 from test_vae import save_tiny_vae
 
 from latte.cli import build_parser, main
-from latte.commands.sample import load_for_sampling
+from latte.inference import load_for_sampling
 from latte.errors import LatteError
 from latte.files import check_output_folder, record_dependency
 from latte.models import create_model, export_diffusers_transformer
-from latte.train.checkpoint import list_checkpoints
-from latte.train.config import Config, load_config
+from latte.checkpoint_files import list_checkpoints
+from latte.config import Config
+from latte.train.checks import load_config
 from latte.train.loop import train
 from latte.video_io import write_mp4
 

@@ -17,8 +17,8 @@ import torch
 
 from latte.cli import main
 from latte.files import LOCK_NAME, FolderLock
-from latte.train.checkpoint import list_checkpoints, load_checkpoint
-from latte.train.config import load_config
+from latte.checkpoint_files import list_checkpoints, load_checkpoint
+from latte.train.checks import load_config
 from latte.train.loop import train
 from latte.video_io import write_mp4
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from latte.cli import main
-from latte.commands.sample import load_for_sampling
+from latte.inference import load_for_sampling
+from latte.model_sources import build_network, run_model
 from latte.errors import LatteError
 from latte.models import create_model, export_diffusers_transformer, load_diffusers_transformer, load_official_checkpoint
 from latte.train import finetune
-from latte.train.checkpoint import atomic_save, list_checkpoints, load_checkpoint
-from latte.train.config import load_config
+from latte.checkpoint_files import atomic_save, list_checkpoints, load_checkpoint
+from latte.train.checks import load_config
 from latte.train.loop import train
 from latte.train.trainer import Trainer
 
@@ -119,7 +120,7 @@ def test_lora_trains_only_adapters_keeps_the_base_bitwise_and_changes_the_output
     state = load_checkpoint(lora_run)
     assert set(state["model"]) == set(state["ema"]) and all(".lora_" in k for k in state["model"])
     assert state["base"]["path"] == str(list_checkpoints(base_run)[-1].resolve())
-    model = finetune.run_model(state, use_ema=False, merge=False)
+    model = run_model(state, use_ema=False, merge=False)
     for name, tensor in model.state_dict().items():
         if ".lora_" not in name:
             assert torch.equal(tensor, base_state[name.replace(".base_layer", "")]), name
@@ -151,7 +152,7 @@ def test_lora_resume_is_exact(tmp_path, base_run, lora_run):
 
 def test_merged_model_equals_the_adapted_model_and_sample_applies_the_adapters(tmp_path, lora_run, capsys):
     state = load_checkpoint(lora_run)
-    adapted = finetune.run_model(state, use_ema=True, merge=False)
+    adapted = run_model(state, use_ema=True, merge=False)
     inputs = class_inputs(adapted)
     expected = forward(adapted, inputs)
     sampled = load_for_sampling(str(lora_run))[0]  # what `latte sample --checkpoint RUN` runs
@@ -231,7 +232,7 @@ def text_lora(tmp_path_factory):
     """A diffusers LatteTransformer3DModel folder (random weights, shaped for the tiny text run) and a
     LoRA run over it."""
     root = tmp_path_factory.mktemp("text")
-    source = randomize(finetune.build_network(text_model_config().to_dict()), std=0.1)
+    source = randomize(build_network(text_model_config().to_dict()), std=0.1)
     folder = export_diffusers_transformer(source, root / "base-diffusers")
     run = root / "lora"
     train(text_config(run, f"model.init_from={folder}", "model.lora_rank=4", "train.max_steps=2", "optim.lr=3e-2"),
@@ -261,7 +262,7 @@ def test_text_lora_exports_a_merged_diffusers_folder_and_a_peft_adapter(tmp_path
 
     folder, run = text_lora
     state = load_checkpoint(run)
-    adapted = finetune.run_model(state, use_ema=True, merge=False)
+    adapted = run_model(state, use_ema=True, merge=False)
     x, t, text = text_inputs(adapted)
     expected = forward(adapted, (x, t, text))
     assert not torch.allclose(expected, forward(load_diffusers_transformer(folder), (x, t, text)), atol=1e-4)

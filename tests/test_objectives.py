@@ -8,7 +8,8 @@ import torch
 from latte.diffusion import OBJECTIVES, SAMPLERS, GaussianDiffusion, Objective, make_objective, net_time
 from latte.diffusion.objective import is_per_clip
 from latte.errors import LatteError
-from latte.train.config import DiffusionSection, load_config
+from latte.config import DiffusionSection
+from latte.train.checks import load_config
 
 
 def test_the_registry_holds_ddpm_and_every_objective_fits_the_config_and_the_samplers():

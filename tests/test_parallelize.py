@@ -15,8 +15,8 @@ import torch
 from latte.models import build_model, create_model, forward_flops
 from latte.models.blocks import Context, LatteBlock
 from latte.sampling import generate
-from latte.train.checkpoint import load_checkpoint
-from latte.train.config import load_config
+from latte.checkpoint_files import load_checkpoint
+from latte.train.checks import load_config
 from latte.train.loop import sample_request, train
 from latte.train import mfu, parallelize
 from latte.train.parallelize import checkpoint_blocks

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latte.metrics.evaluate import Detector
-from latte.train.config import load_config
+from latte.train.checks import load_config
 from latte.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

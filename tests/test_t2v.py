@@ -286,7 +286,7 @@ def test_a_text_checkpoint_written_before_the_backbones_were_one_still_loads(tmp
     """Text runs saved `spatial_blocks.i` / `temporal_blocks.i` and a T2VConfig (num_layers, sample_size,
     out_channels); they load into the one backbone with equal outputs."""
     from latte.models import build_model
-    from latte.train.checkpoint import load_checkpoint
+    from latte.checkpoint_files import load_checkpoint
 
     model = tiny().eval()
     legacy = {}

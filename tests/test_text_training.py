@@ -17,8 +17,8 @@ from latte.data.manifest import read_manifest
 from latte.errors import LatteError
 from latte.sampling import SampleRequest, generate
 from latte.text_encoder import TextEncoder, drop_captions, minilm_folder
-from latte.train.checkpoint import load_checkpoint
-from latte.train.config import load_config
+from latte.checkpoint_files import load_checkpoint
+from latte.train.checks import load_config
 from latte.train.loop import train
 from latte.train.trainer import Trainer
 
@@ -217,7 +217,7 @@ def test_sample_errors_for_prompts_are_one_line(tmp_path, text_run):
 
 
 def sample_text(text_run: Path, **request) -> torch.Tensor:
-    from latte.commands.sample import load_for_sampling, text_encoder_for
+    from latte.inference import load_for_sampling, text_encoder_for
 
     model, diffusion, config, _ = load_for_sampling(str(text_run))
     assert model.config.is_text

@@ -13,8 +13,8 @@ from latte.cli import main
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.train import trainer as trainer_module
-from latte.train.checkpoint import list_checkpoints, load_checkpoint
-from latte.train.config import load_config
+from latte.checkpoint_files import list_checkpoints, load_checkpoint
+from latte.train.checks import load_config
 from latte.train.loop import train
 
 TINY = ["train.device=cpu", "data.num_workers=0"]
@@ -97,7 +97,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 
 def test_a_checkpoint_from_before_a_key_existed_resumes_with_that_keys_default():
-    from latte.train.config import resume_differences
+    from latte.config import resume_differences
 
     config = tiny_config("unused")
     stored = config.to_dict()

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from latte.checkpoint_files import resolve_checkpoint
 from latte.errors import LatteError
 from latte.files import FolderLock, atomic_write_text, check_output_file, check_output_folder
 
@@ -51,8 +52,6 @@ LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None}
 
 def folder_settings(args, request, fps: int) -> dict:
     """What decides the videos of a sample folder (not how many, nor how they are batched)."""
-    from latte.train.checkpoint import resolve_checkpoint
-
     checkpoint = resolve_checkpoint(args.checkpoint).resolve()
     return {"checkpoint": str(checkpoint), "checkpoint_size": checkpoint.stat().st_size, "ema": not args.no_ema,
             "seed": request.seed, "sampler": request.sampler, "steps": request.steps, "cfg_scale": request.cfg_scale,

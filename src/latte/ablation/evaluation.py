@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from latte.errors import LatteError
+from latte.inference import VideoGenerator
 from latte.metrics.clips import ClipProtocol, ClipSet, tree_fingerprint
 from latte.metrics.evaluate import EvalOptions, build_detectors, exact_float32, real_statistics, stats_cache_dir
 from latte.metrics.stats import RunningStats, frechet_distance
 from latte.metrics.videos import to_uint8
-from latte.sampling import SampleRequest, generate
 
 # I3D halves time three times (stride-2 conv and pools, TF "SAME") and ends in a 2-frame average pool:
 # ceil(ceil(ceil(F/2)/2)/2) >= 2 needs F >= 9 frames.
@@ -167,13 +167,12 @@ class Evaluator:
             if trainer.text_encoder is not None:
                 count = min(self.settings.clips, len(trainer.dataset))
                 prompts = [trainer.dataset[i]["caption"] for i in range(count)]
-            s = config.sample
-            request = SampleRequest(num_videos=self.settings.clips, sampler=s.sampler,
-                                    steps=self.settings.sampler_steps or s.steps, cfg_scale=s.cfg_scale,
-                                    seed=EVAL_SEED, batch_size=min(self.settings.clips, self.settings.batch_size),
-                                    prompts=prompts)
-            videos, labels = generate(trainer.ema, trainer.diffusion, request, vae=trainer.vae, device=trainer.device,
-                                      progress=False, text_encoder=trainer.text_encoder)
+            generator = VideoGenerator(model=trainer.ema, diffusion=trainer.diffusion, config=config, vae=trainer.vae,
+                                       device=trainer.device, text_encoder=trainer.text_encoder)
+            request = generator.request(num_videos=self.settings.clips, steps=self.settings.sampler_steps,
+                                        seed=EVAL_SEED, batch_size=min(self.settings.clips, self.settings.batch_size),
+                                        prompts=prompts)  # the run's sampler, its steps unless --eval-steps, its cfg
+            videos, labels = generator.generate(request, progress=False)
             if any(m in wanted for m in ("fvd", "fid")):
                 self._frechet(to_uint8(videos), results)  # (N, F, H, W, 3)
             if "mnist" in wanted and "mnist" not in self.unavailable:

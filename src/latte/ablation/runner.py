@@ -19,10 +19,10 @@ from pathlib import Path
 
 from latte.ablation.evaluation import EvalSettings, Evaluator
 from latte.ablation.studies import Option, Study
+from latte.config import Config
 from latte.data.cache import atomic_write_text
 from latte.errors import LatteError
-from latte.train.checks import validate
-from latte.train.config import Config, load_config
+from latte.train.checks import load_config, validate
 
 STATE_FILE = "ablate.json"
 EVALS_FILE = "evals.jsonl"

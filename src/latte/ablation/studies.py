@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latte.config import Config
 from latte.errors import LatteError
-from latte.train.config import Config
 
 STUDIES = ("variant", "patch-embed", "conditioning", "temporal-pos", "init", "joint", "size")
 NAMED_SIZES = ("S", "B", "L", "XL")

@@ -4,10 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latte.ablation.evaluation import METRICS
-from latte.ablation.studies import STUDIES
-from latte.commands.train import DEFAULT_PRESET, add_config_arguments
+from latte.ablation.evaluation import METRICS, EvalSettings
+from latte.ablation.report import write_outputs
+from latte.ablation.runner import StudyPlan, is_main_process, option_config, run_study
+from latte.ablation.studies import STUDIES, build_study, custom_study
+from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
 from latte.errors import LatteError
+from latte.files import check_output_folder
+from latte.train.checks import load_config
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -47,11 +51,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def build_plan(args):
-    from latte.ablation.evaluation import EvalSettings
-    from latte.ablation.runner import StudyPlan
-    from latte.ablation.studies import build_study, custom_study
-    from latte.train.config import load_config
-
     if args.options and args.study in STUDIES:
         raise LatteError(f"--study {args.study} is a built-in study: --options makes a study of its own (omit --study "
                          f"or give it another name)")
@@ -80,11 +79,7 @@ def build_plan(args):
     plan = StudyPlan(study=study, preset=preset, config_file=args.config, overrides=list(args.overrides),
                      output=Path(args.output_dir) / study.name, seeds=args.seeds, max_steps=args.max_steps,
                      eval_every=args.eval_every, eval=settings)
-    from latte.files import check_output_folder
-
     check_output_folder(plan.output, "study folder")  # resumed when it exists; before any run trains
-    from latte.ablation.runner import option_config
-
     for option in study.options:  # every option's config is valid before any of them trains
         try:
             option_config(plan, option, 0)
@@ -100,9 +95,6 @@ def run(args) -> int:
         for option in plan.study.options:
             print(f"  {option.name}: {' '.join(option.overrides)}")
         return 0
-    from latte.ablation.report import write_outputs
-    from latte.ablation.runner import is_main_process, run_study
-
     # after each run: the report and records (the figure, slower to draw, once at the end)
     results = run_study(plan, on_progress=lambda done: write_outputs(plan, done, with_figure=False))
     failed = [r for r in results if r.get("status") != "done"]

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from latte import lora, models
+from latte.checkpoint_files import atomic_save, load_checkpoint
+from latte.config import Config
 from latte.errors import LatteError
+from latte.files import check_output_file, check_output_folder
+from latte.inference import generator_from_checkpoint
+from latte.model_sources import run_model
 from latte.models import MODEL_NAMES
 
 SOURCES = ("official", "dit", "pixart", "diffusers", "latte")
@@ -50,9 +56,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def latte_file(model, path: Path, vae: str, note: str) -> None:
     """Write a sampling-ready latte checkpoint for `model` (class or text model)."""
-    from latte.train.checkpoint import atomic_save
-    from latte.train.config import Config
-
     run = Config()
     run.data.vae = vae
     run.data.num_frames = model.config.num_frames
@@ -64,8 +67,6 @@ def latte_file(model, path: Path, vae: str, note: str) -> None:
 
 def check_outputs(args, state: dict | None) -> None:
     """Before any work: the outputs may be written (latte.files' rule), and none is what this command reads."""
-    from latte.files import check_output_file, check_output_folder
-
     output = Path(args.output)
     reads = [("the input itself", args.input)]
     if state is not None:  # a run folder is read through its latest checkpoint, a LoRA run with its base too
@@ -84,13 +85,9 @@ def adapter_dir(args) -> Path:
 
 
 def run(args) -> int:
-    from latte import models
-
     source, target, output = args.source, args.target, Path(args.output)
     state = None
     if source == "latte":  # a run folder is read through its latest checkpoint
-        from latte.train.checkpoint import load_checkpoint
-
         state = load_checkpoint(args.input)
         _check_lora_flag(args, "base" in state)
     check_outputs(args, state)
@@ -105,9 +102,7 @@ def run(args) -> int:
                                     input_size=args.input_size)
         report = _tensors_only(lambda: models.init_from_dit(model, args.input), args.input, "a DiT state dict")
     elif source == "latte":
-        from latte.commands.sample import load_for_sampling
-
-        model = load_for_sampling(args.input)[0]
+        model = generator_from_checkpoint(state).model
     elif source == "diffusers":
         model = models.load_diffusers_transformer(args.input)
     else:  # pixart: spatial blocks, patch embedding, adaLN-single and caption projection copied
@@ -153,10 +148,6 @@ def _check_lora_flag(args, is_lora: bool) -> None:
 def merge_lora_run(args, state: dict) -> int:
     """A LoRA run (its checkpoint `state`) with its adapters merged: a full latte checkpoint (model and EMA
     weights, the run's config without the LoRA keys), or a diffusers folder plus the adapter alone in peft's format."""
-    from latte.train import lora
-    from latte.train.checkpoint import atomic_save
-    from latte.train.finetune import run_model
-
     output = Path(args.output)
     model = run_model(state, use_ema=True)
     if args.target == "latte":
@@ -172,8 +163,6 @@ def merge_lora_run(args, state: dict) -> int:
     if not state["config"]["model"].get("text_encoder"):
         raise LatteError("only text-to-video models have a diffusers layout (LatteTransformer3DModel); "
                          "class/unconditional models convert --to latte")
-    from latte import models
-
     adapters = adapter_dir(args)
     models.export_diffusers_transformer(model, output)
     lora.export_peft_adapter(run_model(state, use_ema=True, merge=False), state["lora"], adapters,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latte.commands.encode import add_dataset_arguments, dataset_options
+from latte.cli_arguments import add_dataset_arguments, dataset_keywords
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def run(args) -> int:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the report lists the skipped files once, with their reasons
     try:
-        dataset = build_dataset(args.dataset, args.root, train=False, **dataset_options(args))
+        dataset = build_dataset(args.dataset, args.root, train=False, **dataset_keywords(args))
     finally:
         quiet.setLevel(level)
     print("\n".join(describe(dataset, args.dataset, args.show_skipped)))

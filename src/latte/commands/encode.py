@@ -15,46 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from latte.errors import LatteError
-
-
-def parse_options(pairs: list[str] | None) -> dict:
-    """["split_file=a.txt", "length=100"] -> {"split_file": "a.txt", "length": 100} (values read as YAML scalars)."""
-    import yaml
-
-    options = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise LatteError(f"--option {pair!r}: expected KEY=VALUE")
-        try:
-            options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip().replace("-", "_")] = value
-    return options
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """--dataset, --root, the clip options and --option: shared with `latte data inspect`."""
-    from latte.data import DATASET_NAMES
-
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, metavar="NAME",
-                        help=f"one of {', '.join(DATASET_NAMES)}")
-    parser.add_argument("--root", default=None, metavar="DIR",
-                        help="dataset folder (captions: the manifest .csv/.jsonl); not needed for moving-mnist")
-    parser.add_argument("--num-frames", type=int, default=16, metavar="N", help="frames per clip (default 16)")
-    parser.add_argument("--frame-interval", type=int, default=None, metavar="N",
-                        help="stride between clip frames in the source (default 3; moving-mnist 1)")
-    parser.add_argument("--resolution", default=None, metavar="N|HxW",
-                        help="output frame size (default 256; moving-mnist 32)")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="dataset-specific option, repeatable (ucf101: split_file=...; moving-mnist: length=...)")
-
-
-def dataset_options(args) -> dict:
-    """build_dataset keyword options from the command line (unset ones: the dataset's defaults)."""
-    options = {"num_frames": args.num_frames, "frame_interval": args.frame_interval, "resolution": args.resolution}
-    return {**{k: v for k, v in options.items() if v is not None}, **parse_options(args.option)}
+from latte.cli_arguments import add_dataset_arguments, dataset_keywords
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -88,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from latte.data.cache import CacheSettings, encode_dataset
 
-    settings = CacheSettings(dataset=args.dataset, root=args.root, vae=args.vae, options=dataset_options(args),
+    settings = CacheSettings(dataset=args.dataset, root=args.root, vae=args.vae, options=dataset_keywords(args),
                              crops_per_video=args.crops_per_video, mirrored=args.flip, shard_size=args.shard_size,
                              dtype=args.dtype, store_std=not args.no_std, text_encoder=args.text_encoder,
                              text_max_length=args.text_max_length)

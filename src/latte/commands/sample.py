@@ -1,4 +1,4 @@
-"""`latte sample`: videos from a training checkpoint (EMA weights by default).
+"""`latte sample`: videos from a training checkpoint (EMA weights by default), through latte.inference.
 
 `--output` ending in .mp4/.gif/.png/.npz writes that format; an output without a suffix is a
 folder for mass sampling (e.g. 2048 videos for FVD): one mp4 per video named by its index, seeds
@@ -11,11 +11,18 @@ prompt count, guided (--cfg-scale) against the empty prompt or --negative-prompt
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
+from latte.devices import pick_device
 from latte.diffusion import SAMPLERS
+from latte.diffusion.samplers import parse_scheduler_options
 from latte.errors import LatteError
+from latte.inference import VideoGenerator, load_run
+from latte.sample_folder import check_arguments, check_output, claim_folder
+from latte.sampling import default_precision, video_seed
+from latte.video_io import atomic_path, save_videos
 
 SUFFIXES = (".mp4", ".gif", ".png", ".npz")
 
@@ -63,34 +70,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_for_sampling(checkpoint: str, use_ema: bool = True):
-    """(model, diffusion, run config, vae or None) from a training checkpoint."""
-    from latte.train.checkpoint import load_checkpoint
-    from latte.train.config import config_from_dict
-    from latte.train.finetune import run_model
-    from latte.train.build import make_diffusion
-
-    state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"])
-    model = run_model(state, use_ema)  # a LoRA run: its verified base with the adapters merged in
-    vae_spec = state.get("vae") or "none"
-    vae = None
-    if vae_spec != "none":
-        from latte.vae import load_vae
-
-        vae = load_vae(vae_spec)
-    return model.eval(), make_diffusion(config, model.config.learn_sigma), config, vae
-
-
-def text_encoder_for(config, device="cpu"):
-    """The text encoder a run trained with (None for class/unconditional runs)."""
-    if not config.model.text_encoder:
-        return None
-    from latte.text_encoder import TextEncoder
-
-    return TextEncoder(config.model.text_encoder, config.model.text_max_length, device=device)
-
-
 def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
     """--prompt values, then the lines of --prompt-file (stripped, blank lines skipped)."""
     prompts = list(prompts)
@@ -104,33 +83,17 @@ def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
     return prompts
 
 
-def write_manifest(folder: Path, model, request) -> Path:
+def write_manifest(folder: Path, generator: VideoGenerator, request) -> Path:
     """folder/manifest.jsonl: one {"path", "seed" (the video's own noise seed), "caption" or "label"} line
     per video of the request."""
-    import json
-
-    from latte.sampling import video_conditions, video_seed
-    from latte.video_io import atomic_path
-
-    indices = list(range(request.num_videos))
     lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": video_seed(request.seed, i), **asked})
-             for i, asked in zip(indices, video_conditions(indices, model, request))]
+             for i, asked in enumerate(generator.conditions(request))]
     with atomic_path(folder / "manifest.jsonl") as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "manifest.jsonl"
 
 
 def run(args) -> int:
-    import torch
-
-    from latte.devices import pick_device
-    from latte.diffusion.samplers import parse_scheduler_options, scheduler_for
-    from latte.sampling import SampleRequest, check_speed_options, default_precision, generate
-    from latte.train.parallelize import compile_blocks
-    from latte.video_io import save_videos
-
-    from latte.sample_folder import check_arguments, check_output, claim_folder
-
     if not args.output.strip():  # Path("") is the working directory
         raise LatteError("--output is empty: give a file or a folder")
     output = Path(args.output)
@@ -144,25 +107,19 @@ def run(args) -> int:
     check_output(output, folder_mode, args.overwrite)
     device = pick_device(args.device)
     precision = args.precision or default_precision(device)
-    model, diffusion, config, vae = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
-    if vae is not None:
-        vae.to(device, torch.bfloat16 if precision == "bf16" else None)
+    generator = load_run(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
     if args.compile:
-        compile_blocks(model)
-    text_encoder = text_encoder_for(config, device) if prompts else None
-    request = SampleRequest(num_videos=num_videos, sampler=args.sampler or config.sample.sampler,
-                            steps=args.steps if args.steps is not None else (None if args.sampler else config.sample.steps),
-                            cfg_scale=config.sample.cfg_scale if args.cfg_scale is None else args.cfg_scale,
-                            class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
-                            num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
-                            negative_prompt=args.negative_prompt, precision=precision,
-                            cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
-                            scheduler_options=scheduler_options)
-    check_speed_options(request, diffusion.num_timesteps)
-    scheduler_for(diffusion, request.sampler, request.steps, request.scheduler_options, request.grid)  # before any work
-    fps = args.fps if args.fps is not None else config.sample.fps
+        generator.compile()
+    request = generator.request(num_videos=num_videos, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                                class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
+                                num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
+                                negative_prompt=args.negative_prompt, precision=precision,
+                                cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
+                                scheduler_options=scheduler_options)
+    generator.check(request)  # before any work
+    fps = args.fps if args.fps is not None else generator.fps
     if not folder_mode:
-        videos, _ = generate(model, diffusion, request, vae=vae, device=device, text_encoder=text_encoder)
+        videos, _ = generator.generate(request)
         for path in save_videos(output, videos, fps=fps):
             print(path)
         return 0
@@ -170,13 +127,12 @@ def run(args) -> int:
     lock = claim_folder(output, args, request, fps) if rank == 0 else None  # one writer, one set of settings
     try:
         if rank == 0:
-            write_manifest(output, model, request)
+            write_manifest(output, generator, request)
         todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
         print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start:start + args.batch_size]
-            videos, _ = generate(model, diffusion, request, indices=chunk, vae=vae, device=device, progress=False,
-                                 text_encoder=text_encoder)
+            videos, _ = generator.generate(request, indices=chunk, progress=False)
             for index, video in zip(chunk, videos):
                 save_videos(output / f"{index:06d}.mp4", video[None], fps=fps)
             print(f"rank {rank}: {start + len(chunk)}/{len(todo)} written", flush=True)

@@ -3,19 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from latte.train.config import list_presets, load_config
-
-DEFAULT_PRESET = "moving-mnist"
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, preset_default: str) -> None:
-    """--preset, --config and --set: where a run's config comes from (train and ablate alike)."""
-    parser.add_argument("--preset", choices=list_presets(), default=None,
-                        help=f"named preset (default {DEFAULT_PRESET} {preset_default})")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with sections model/diffusion/data/optim/train/sample")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
-
+from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
+from latte.train.checks import load_config
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -54,6 +43,8 @@ def run(args) -> int:
     if args.dry_run:
         print(config.to_yaml(), end="")
         return 0
+    # local: the trainer imports torch.distributed's tensor parallel code (seconds), and cli.py imports every
+    # command module to build `latte --help`
     from latte.train.loop import train
 
     train(config, write_samples_at_end=not args.no_samples)

@@ -26,6 +26,18 @@ def build_model(config: ModelConfig | dict) -> Latte:
     return Latte(config)
 
 
+def named_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, block) of every transformer block of the backbone's one list, named as in the state dict."""
+    return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
+    """Regional compile: each block compiled in place (`nn.Module.compile`: names and state_dict keys
+    unchanged), so identical blocks reuse the compiled code."""
+    for block in model.blocks:
+        block.compile(backend=backend)
+
+
 def forward_flops(model: Latte | ModelConfig, batch: int = 1, frames: int | None = None, input_size=None,
                   num_images: int = 0, caption_tokens: int = 120) -> int:
     """Forward FLOPs (2 x multiply-adds, attention included) for `batch` clips of `frames` video frames
@@ -52,8 +64,8 @@ def forward_flops(model: Latte | ModelConfig, batch: int = 1, frames: int | None
 
 
 __all__ = [
-    "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TEXT_MODELS", "TransferReport", "build_model", "copy_matching",
-    "create_model", "forward_flops", "infer_config", "init_from_dit", "load_official_checkpoint",
-    "model_config", "read_state_dict", "upgrade_state_dict",
+    "Latte", "ModelConfig", "MODEL_NAMES", "SIZES", "TEXT_MODELS", "TransferReport", "build_model", "compile_blocks",
+    "copy_matching", "create_model", "forward_flops", "infer_config", "init_from_dit", "load_official_checkpoint",
+    "model_config", "named_blocks", "read_state_dict", "upgrade_state_dict",
     "export_diffusers_transformer", "init_from_pixart", "load_diffusers_transformer",
 ]

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from latte.diffusion import Objective, make_objective
+from latte.config import Config
+from latte.data import build_dataset
+from latte.data.cache import LatentCacheDataset
 from latte.models import ModelConfig, model_config
-from latte.train.config import Config
+from latte.vae import load_vae
 
 
 def build_training_data(config: Config):
     """(dataset, vae or None, encode): clips decoded on the fly (encoded by the VAE when one is set:
     encode=True), or latents from a cache (its VAE is loaded only to decode samples: encode=False)."""
-    from latte.data import build_dataset
-    from latte.vae import load_vae
-
     data = config.data
     if data.cache:
-        from latte.data.cache import LatentCacheDataset
-
         dataset = LatentCacheDataset(data.cache, images_per_clip=data.images_per_clip, seed=config.train.seed)
         return dataset, load_vae(dataset.manifest.get("vae", "none")), False
     own = data.mnist_kwargs() if data.is_moving_mnist else {}
@@ -50,7 +47,3 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
             options[key] = getattr(m, key)
     return model_config(m.name, **options)
 
-
-def make_diffusion(config: Config, learn_sigma: bool) -> Objective:
-    """The run's objective (diffusion.objective, through the registry)."""
-    return make_objective(config.diffusion, learn_sigma)

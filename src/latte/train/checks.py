@@ -1,4 +1,5 @@
-"""What a loaded config must satisfy beyond its types: choices, ranges, combinations, model shapes.
+"""What a run config must satisfy beyond its types: choices, ranges, combinations, model shapes;
+`load_config` reads a config (latte.config) and checks it, the one way a training config is made.
 
 Each failure is one LatteError naming the key and what it may be, raised before any data or model
 is built (so `--dry-run` catches it too).
@@ -8,8 +9,23 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
+from latte.config import PARALLEL_MODES, Config, DataSection, ModelSection, read_config
+from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
-from latte.train.config import Config, DataSection, ModelSection
+from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
+from latte.text_encoder import resolve_text_encoder
+from latte.train.build import make_model_config
+from latte.train.finetune import validate_finetune
+from latte.vae import check_vae_spec
+
+def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- preset <- config file <- --set overrides (latte.config.read_config), then checked."""
+    config = read_config(preset, config_file, overrides)
+    validate(config)
+    return config
+
 
 # Model keys that only one kind of model reads: a changed value for the other kind is an error, not ignored.
 CLASS_MODEL_KEYS = ("conditioning", "class_conditional", "class_dropout", "init_from_dit")
@@ -18,15 +34,12 @@ TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout", "init_from_pixart")
 
 def validate_model(m: ModelSection) -> None:
     """Class/unconditional or text-to-video model (model.text_encoder set): names and keys agree."""
-    from latte.models.config import TEXT_MODELS as T2V_MODELS
-    from latte.text_encoder import resolve_text_encoder
-
     text = m.text_encoder is not None
     defaults = ModelSection()
-    if text and m.name not in T2V_MODELS:
+    if text and m.name not in TEXT_MODELS:
         raise LatteError(f"model.text_encoder is set, so model.name must be a text-to-video model "
-                         f"({', '.join(T2V_MODELS)}), got {m.name!r}")
-    if not text and m.name in T2V_MODELS:
+                         f"({', '.join(TEXT_MODELS)}), got {m.name!r}")
+    if not text and m.name in TEXT_MODELS:
         raise LatteError(f"model {m.name} is text-to-video: set model.text_encoder (minilm, a folder or a hub id)")
     for key in TEXT_MODEL_KEYS if not text else CLASS_MODEL_KEYS:
         if getattr(m, key) != getattr(defaults, key):
@@ -44,8 +57,6 @@ MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
 
 
 def validate(config: Config) -> None:
-    from latte.train.finetune import validate_finetune
-
     validate_model(config.model)
     validate_finetune(config.model)
     if config.model.trainable != "all" and config.train.parallel == "fsdp":
@@ -55,10 +66,6 @@ def validate(config: Config) -> None:
         for key in MNIST_DATA_KEYS:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
-    from latte.diffusion.objectives import objective_class
-    from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
-    from latte.train.parallelize import PARALLEL_MODES
-
     objective = objective_class(config.diffusion.objective)  # one-line error naming the registered ones
     choices = {
         ("model", "variant"): VARIANTS,
@@ -167,11 +174,6 @@ def check_model_shape(config: Config) -> None:
     m, d = config.model, config.data
     if d.cache:
         return
-    import torch
-
-    from latte.train.build import make_model_config
-    from latte.vae import check_vae_spec
-
     if d.vae not in (None, "", "none"):  # a missing VAE folder is named before the shapes it would decide
         check_vae_spec(str(d.vae))
     factor = 8 if d.vae != "none" else 1  # the Stable Diffusion VAE downsamples 8x

@@ -3,8 +3,9 @@
 
 - init_from takes a latte run folder or checkpoint (its EMA weights, adapters merged when it is a
   LoRA run), an official Latte `.pt` (ffs / skytimelapse / taichi / ucf101) or a diffusers
-  `LatteTransformer3DModel` folder. The run's model is the source's; what the run's data decides
-  (channels, frames, latent size, classes, caption width, learned variance) must agree with it.
+  `LatteTransformer3DModel` folder (read by latte.model_sources). The run's model is the source's; what
+  the run's data decides (channels, frames, latent size, classes, caption width, learned variance) must
+  agree with it.
 - temporal trains the temporal blocks (`.kind == "temporal"`: attention, MLP and the block's own
   adaLN modulation / scale-shift table) and the temporal attention of factorised blocks; every
   shared part (patch, timestep, class and caption embedders, adaLN-single, final layer, spatial
@@ -16,15 +17,14 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from latte import lora
 from latte.errors import LatteError
-from latte.models.checkpoints import load_exactly
+from latte.model_sources import Source, build_network, check_base, load_source, source_digest
+from latte.models import named_blocks
 
 TRAINABLE = ("all", "temporal", "lora")
 # Config fields the run's data and settings decide: a source must agree on every one it has.
@@ -54,61 +54,11 @@ def validate_finetune(m) -> None:
     if m.init_from and (m.init_from_dit or getattr(m, "init_from_pixart", None)):
         raise LatteError("model.init_from and model.init_from_dit / init_from_pixart exclude each other")
     if m.trainable == "lora":
-        import peft  # noqa: F401  (fail at config time, in one line, if the dependency is missing)
+        import peft  # noqa: F401  (fail at config time, in one line, if it is missing; local: see latte/lora.py)
 
 
 # ----------------------------------------------------------------------------------------------
-# Sources
-
-
-@dataclass
-class Source:
-    """A model to start from: the network (eval mode, on the CPU), what it is, and the file or folder read."""
-
-    model: nn.Module
-    kind: str  # "latte checkpoint" | "official checkpoint" | "diffusers folder"
-    path: Path
-
-
-def build_network(model_config: dict) -> nn.Module:
-    """A fresh network from a stored model config."""
-    from latte.models import build_model
-
-    return build_model(model_config)
-
-
-def load_source(path: str) -> Source:
-    """The model at `path`: a latte run folder or checkpoint, an official `.pt` or a diffusers folder."""
-    from latte.models import load_diffusers_transformer, load_official_checkpoint
-    from latte.train.checkpoint import load_checkpoint, resolve_checkpoint
-
-    where = Path(path)
-    if where.is_dir() and not (where / "checkpoints").is_dir():
-        return Source(load_diffusers_transformer(where), "diffusers folder", where.resolve())
-    if not where.exists():
-        raise LatteError(f"model.init_from not found: {where}")
-    file = resolve_checkpoint(where).resolve()
-    try:  # official files are plain tensors: read them without unpickling code
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # latte checkpoints also hold RNG states (numpy arrays)
-        raw = None
-    if raw is None or (isinstance(raw, dict) and "model_config" in raw):
-        state = load_checkpoint(file)
-        return Source(run_model(state, use_ema=True), "latte checkpoint", file)
-    return Source(load_official_checkpoint(raw), "official checkpoint", file)
-
-
-def source_digest(path: Path) -> str:
-    """sha256 of a checkpoint file, or of every file of a diffusers folder (names and bytes, sorted)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
+# Sources: which model a run starts from
 
 
 def _is_text(config) -> bool:
@@ -145,15 +95,10 @@ def build_model(config, run_model_config, log=print) -> tuple[object, nn.Module,
 # What trains
 
 
-def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, block) of every transformer block of the backbone's one list."""
-    return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
-
-
 def temporal_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters `trainable: temporal` trains (see the module docstring)."""
     names = []
-    for name, block in blocks(model):
+    for name, block in named_blocks(model):
         if block.kind == "split":
             raise LatteError("model.trainable=temporal: variant 4 (split heads) shares every layer between space "
                              "and time, so it has no temporal parameters of its own")
@@ -168,8 +113,6 @@ def temporal_parameters(model: nn.Module) -> list[str]:
 
 def apply_trainable(model: nn.Module, section) -> dict | None:
     """Freeze what model.trainable leaves out (LoRA: inject the adapters); returns the LoRA settings or None."""
-    from latte.train import lora
-
     if section.trainable == "lora":
         settings = lora.settings(model, section)
         lora.add_adapters(model, settings)
@@ -229,9 +172,7 @@ class Tuning:
         if self.mode != "lora":
             load_full(module, state)
             return
-        from latte.train.lora import load_adapters
-
-        load_adapters(module, state)
+        lora.load_adapters(module, state)
 
     def checkpoint_extra(self) -> dict:
         return {} if self.mode != "lora" else {"base": self.base, "lora": self.lora}
@@ -240,34 +181,3 @@ class Tuning:
         """A LoRA checkpoint resumes only over the very base it was trained on."""
         if self.mode == "lora":
             check_base(state["base"], self.base["sha256"])
-
-
-def check_base(stored: dict, digest: str) -> None:
-    if stored["sha256"] != digest:
-        raise LatteError(f"the base model {stored['path']} changed on disk since this LoRA run started "
-                         f"(sha256 {digest[:12]}, expected {stored['sha256'][:12]}); refusing to apply its adapters")
-
-
-def load_base(stored: dict) -> nn.Module:
-    """The base model a LoRA checkpoint references, after checking its sha256."""
-    path = Path(stored["path"])
-    if not path.exists():
-        raise LatteError(f"the base model of this LoRA run is gone: {path}")
-    check_base(stored, source_digest(path))
-    return load_source(str(path)).model
-
-
-def run_model(state: dict, use_ema: bool = True, merge: bool = True) -> nn.Module:
-    """The network of a training checkpoint: its (EMA) weights, or for a LoRA run the verified base with
-    the adapters applied (merged into the weights unless merge=False)."""
-    key = "ema" if use_ema else "model"
-    if "base" not in state:
-        model = build_network(state["model_config"])
-        load_exactly(model, state[key], f"the checkpoint's {key} weights do not match its model_config")
-        return model.eval()
-    from latte.train import lora
-
-    model = load_base(state["base"])
-    lora.add_adapters(model, state["lora"])
-    lora.load_adapters(model, state[key])
-    return (lora.merge_adapters(model) if merge else model).eval()

@@ -9,8 +9,8 @@ from pathlib import Path
 from latte.files import FolderLock, atomic_write_text, check_output_folder
 from latte.sampling import SampleRequest, generate
 from latte.train import distributed
-from latte.train.checkpoint import tidy_run_folder
-from latte.train.config import Config
+from latte.checkpoint_files import tidy_run_folder
+from latte.config import Config
 from latte.train.trainer import Trainer, describe
 
 

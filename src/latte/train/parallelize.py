@@ -24,10 +24,9 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
+from latte.models import compile_blocks
 from latte.models.checkpoints import load_exactly
 from latte.train.distributed import Dist
-
-PARALLEL_MODES = ("ddp", "fsdp")
 
 
 def _checkpointed_forward(self: nn.Module, *args, **kwargs):
@@ -43,12 +42,6 @@ def checkpoint_blocks(model: nn.Module) -> None:
     class's forward (one shared function, so compiled blocks still share code)."""
     for block in model.blocks:
         block.forward = types.MethodType(_checkpointed_forward, block)
-
-
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
-    """Regional compile: `nn.Module.compile` works in place (names and state_dict keys unchanged)."""
-    for block in model.blocks:
-        block.compile(backend=backend)
 
 
 def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool) -> dict:

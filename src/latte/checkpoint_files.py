@@ -1,10 +1,12 @@
-"""Checkpoint files: atomic writes, the latest one found automatically, the last K kept.
+"""Checkpoint files of a run: atomic writes, the latest one found automatically, the last K kept
+(written by training, read by training's resume and by inference).
 
 A checkpoint is a dict: model, ema, optimizer, step, samples_seen, config (the full run config),
 model_config, dataset (classes, channels), rng (torch, numpy, python, the noise generator).
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 
 from latte.errors import LatteError
 from latte.files import DiskFullError, atomic_torch_save, atomic_write_text, record_dependency, recorded_dependency, remove_stale_temps
+from latte.models import upgrade_state_dict
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -53,8 +56,6 @@ def tidy_run_folder(output_dir, step: int) -> list[Path]:
     """After a crash, before training resumes at `step`: delete the temp files of interrupted writes and
     the metrics.jsonl lines past `step` (steps the killed run logged after its last checkpoint, which
     the resumed run logs again), so the folder reads like an uninterrupted run's. Returns what was removed."""
-    import json
-
     output = Path(output_dir)
     removed = [p for folder in (output, checkpoint_dir(output), output / "samples") for p in remove_stale_temps(folder)]
     metrics = output / "metrics.jsonl"
@@ -94,8 +95,6 @@ def load_checkpoint(path) -> dict:
                          f"{str(exc).splitlines()[0] if str(exc) else ''}")
     if not isinstance(state, dict) or "model_config" not in state or "config" not in state:
         raise LatteError(f"{path} is not a latte training checkpoint (for official weights use `latte convert`)")
-    from latte.models import upgrade_state_dict
-
     for key in ("model", "ema"):  # text runs saved before the backbones were one
         if isinstance(state.get(key), dict):
             state[key] = upgrade_state_dict(state[key])

@@ -5,7 +5,9 @@ so the adapted model starts equal to its base. peft injects the layers in place
 merging folds B A back into W and restores plain nn.Linear modules and the base's state-dict keys.
 
 Targets are named relative to a block (`attn.qkv`, `mlp.fc1`, ...), blocks found by their `.kind`,
-so the same names select layers of class and text models alike.
+so the same names select layers of class and text models alike. Training injects adapters
+(latte.train.finetune); loading a LoRA run for inference applies and merges them (latte.model_sources).
+peft is imported where adapters are used: it imports transformers (seconds), which no other command needs.
 """
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from latte.errors import LatteError
 from latte.files import replace_folder
+from latte.models import named_blocks
+from latte.models.diffusers_interop import diffusers_sources
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "cross_attn.q", "cross_attn.kv", "cross_attn.proj",
                    "temporal_attn.qkv", "temporal_attn.proj")
@@ -29,18 +34,16 @@ ADAPTER = "default"  # peft's adapter name; one adapter per model here
 def target_modules(model: nn.Module, targets: list[str] | None) -> list[str]:
     """Full names of the linear layers named `targets` inside the model's blocks (None: DEFAULT_TARGETS,
     those the model has). A requested name that no block has is an error naming it."""
-    from latte.train.finetune import blocks
-
     wanted = list(DEFAULT_TARGETS if targets is None else targets)
     found, seen = [], set()
-    for block_name, block in blocks(model):
+    for block_name, block in named_blocks(model):
         for name, module in block.named_modules():
             if name in wanted and isinstance(module, nn.Linear):
                 found.append(f"{block_name}.{name}")
                 seen.add(name)
     missing = [t for t in wanted if t not in seen]
     if targets is not None and missing:
-        layers = sorted({n for _, b in blocks(model) for n, m in b.named_modules() if isinstance(m, nn.Linear)})
+        layers = sorted({n for _, b in named_blocks(model) for n, m in b.named_modules() if isinstance(m, nn.Linear)})
         raise LatteError(f"model.lora_targets: no block has a linear layer {missing[0]!r} (this model's: {', '.join(layers)})")
     if not found:
         raise LatteError("model.lora_targets selects no layer of this model")
@@ -68,7 +71,7 @@ def check_rank(model: nn.Module, modules: list[str], rank: int) -> None:
 
 def add_adapters(model: nn.Module, lora: dict) -> nn.Module:
     """Inject fresh adapters (A Kaiming-uniform, B zero) into `lora["modules"]`; only they stay trainable."""
-    import peft
+    import peft  # see the module docstring
 
     config = peft.LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                              target_modules=list(lora["modules"]))
@@ -89,7 +92,7 @@ def load_adapters(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # see the module docstring
 
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
@@ -109,10 +112,7 @@ def export_peft_adapter(model: nn.Module, lora: dict, folder, base: str, overwri
     """The adapters of a text model in peft's format over diffusers' LatteTransformer3DModel names:
     `adapter_config.json` + `adapter_model.safetensors` (`PeftModel.from_pretrained(transformer, folder)`).
     A fused layer splits exactly: (q; k; v) = (B_q; B_k; B_v) A, so each part keeps A and takes its rows of B."""
-    import peft
-    from safetensors.torch import save_file
-
-    from latte.models.diffusers_interop import diffusers_sources
+    import peft  # see the module docstring
 
     tensors, modules = {}, []
     for name, layer in lora_layers(model):

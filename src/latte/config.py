@@ -1,8 +1,10 @@
-"""Typed training configuration: dataclass sections, YAML presets, `--set section.key=value` overrides.
+"""Typed run configuration: dataclass sections, YAML presets, `--set section.key=value` overrides.
 
 Every key is checked: an unknown key or a value of the wrong type is a one-line LatteError that
-names it and the valid choices (choices, ranges and combinations: latte.train.checks). The resolved config is printed at start and stored in every
-checkpoint, so `latte sample` can rebuild the run from the checkpoint alone.
+names it and the valid choices. Choices, ranges and combinations are checked by
+latte.train.checks (`load_config` there reads a config through `read_config` and checks it). The
+resolved config is printed at start and stored in every checkpoint, so a checkpoint alone rebuilds
+its run (`config_from_dict`, which also reads configs stored before newer keys existed).
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from latte.errors import LatteError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 CUDA_KEY = "cuda"  # top-level mapping in a preset or config file: its settings for runs on a GPU
+PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel (latte.train.parallelize applies them)
 
 
 @dataclass
@@ -259,15 +263,14 @@ def split_cuda(data: dict, origin: str) -> tuple[dict, dict]:
 def runs_on_cuda(device: str) -> bool:
     """Whether train.device picks a GPU (latte.devices.pick_device: auto means CUDA when one is visible)."""
     if device == "auto":
-        import torch
-
         return torch.cuda.is_available()
     return device.startswith("cuda")
 
 
-def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- preset <- config file <- --set overrides (later wins). A preset or config file may
-    also hold a `cuda:` mapping: applied right after its own settings when the run is on a GPU."""
+def read_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- preset <- config file <- --set overrides (later wins), names and types checked (the
+    rest: latte.train.checks.load_config). A preset or config file may also hold a `cuda:` mapping:
+    applied right after its own settings when the run is on a GPU."""
     layers = []  # (origin, settings, cuda settings)
     if preset is not None:
         if preset not in list_presets():
@@ -291,9 +294,6 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
     config = build(on_cuda=False)  # train.device may come from any layer: read it from a first pass
     if any(cuda for _, _, cuda in layers) and runs_on_cuda(config.train.device):
         config = build(on_cuda=True)
-    from latte.train.checks import validate  # checks builds on these sections
-
-    validate(config)
     return config
 
 

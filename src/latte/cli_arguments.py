@@ -1,0 +1,58 @@
+"""Command-line arguments that several commands share (commands never import one another):
+where a run's config comes from (`latte train`, `latte ablate`) and which dataset clips are read
+(`latte encode`, `latte data inspect`)."""
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from latte.config import list_presets
+from latte.data import DATASET_NAMES
+from latte.errors import LatteError
+
+DEFAULT_PRESET = "moving-mnist"  # what `latte train` and `latte ablate` train without a preset or config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, preset_default: str) -> None:
+    """--preset, --config and --set: where a run's config comes from (train and ablate alike)."""
+    parser.add_argument("--preset", choices=list_presets(), default=None,
+                        help=f"named preset (default {DEFAULT_PRESET} {preset_default})")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with sections model/diffusion/data/optim/train/sample")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """["split_file=a.txt", "length=100"] -> {"split_file": "a.txt", "length": 100} (values read as YAML scalars)."""
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LatteError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --root, the clip options and --option (latte encode and latte data inspect alike)."""
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, metavar="NAME",
+                        help=f"one of {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--root", default=None, metavar="DIR",
+                        help="dataset folder (captions: the manifest .csv/.jsonl); not needed for moving-mnist")
+    parser.add_argument("--num-frames", type=int, default=16, metavar="N", help="frames per clip (default 16)")
+    parser.add_argument("--frame-interval", type=int, default=None, metavar="N",
+                        help="stride between clip frames in the source (default 3; moving-mnist 1)")
+    parser.add_argument("--resolution", default=None, metavar="N|HxW",
+                        help="output frame size (default 256; moving-mnist 32)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="dataset-specific option, repeatable (ucf101: split_file=...; moving-mnist: length=...)")
+
+
+def dataset_keywords(args) -> dict:
+    """build_dataset keyword options from the command line (unset ones: the dataset's defaults)."""
+    options = {"num_frames": args.num_frames, "frame_interval": args.frame_interval, "resolution": args.resolution}
+    return {**{k: v for k, v in options.items() if v is not None}, **parse_options(args.option)}
