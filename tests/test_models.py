@@ -8,7 +8,8 @@ import torch
 
 from latte.errors import LatteError
 from latte.models import (create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config)
-from latte.models.blocks import Context, LatteBlock
+from latte.models.blocks import LatteBlock
+from latte.models.conditioning import AdaLNContext
 from latte.models.layers import Attention, rope_table, sincos_1d, sincos_2d
 from latte.train.parallelize import checkpoint_blocks
 from official_reference import official_forward
@@ -150,7 +151,7 @@ def test_init_from_dit_copies_matching_tensors_and_reports_the_rest(tmp_path):
 def _block_ctx(batch, frames, dim=64, video_frames=None, rope=None):
     gen = torch.Generator().manual_seed(7)
     frames_c = torch.randn(batch, frames, dim, generator=gen)
-    return Context(video_frames or frames, rope, frames=frames_c, video=frames_c[:, 0])
+    return AdaLNContext(video_frames or frames, rope, frames=frames_c)
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal"])
