@@ -189,6 +189,8 @@ class ClassConditioner(Conditioner):
 
 
 class AdaLN(ClassConditioner):
+    """S-AdaLN: every block and the final layer map each frame's time + class vector to their terms."""
+
     @staticmethod
     def block_parameters(dim: int, chunks: int) -> dict:
         return {"adaLN_modulation": nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))}
@@ -207,6 +209,8 @@ class AdaLN(ClassConditioner):
 
 
 class Tokens(ClassConditioner):
+    """Each frame's time (and class) embeddings, layer-normalised, as extra tokens of every attention."""
+
     def context(self, model, t_emb, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
         parts = self.conditions(model, t_emb, video_frames, y, drop, captions)
         # the same normalised tokens enter every block (its norms have no affine terms)
@@ -215,6 +219,9 @@ class Tokens(ClassConditioner):
 
 
 class AdaLNSingle(Conditioner):
+    """PixArt-alpha's adaLN-single: one `t_block` of each frame's timestep embedding, shared by every
+    block; captions projected once for the blocks' cross-attention."""
+
     def model_modules(self) -> dict[str, nn.Module]:
         dim = self.config.hidden_size
         return {"t_block": nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)),  # shared by every block
