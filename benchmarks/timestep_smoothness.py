@@ -54,7 +54,7 @@ def main() -> None:
 
     sample(recording, noise.shape, diffusion, args.sampler, steps=args.steps, cfg_scale=cfg, y=labels,
            null_class=c.num_classes if labels is not None else None, noise=noise, progress=False)
-    steps = [int(t[0]) for _, t, _ in calls]
+    steps = [int(t.reshape(-1)[0]) for _, t, _ in calls]
     print(f"{args.sampler} {args.steps}: model calls at t = {steps}; guidance {cfg}, {args.videos} videos")
     print(f"{'t':>5} {'gap to next':>11} {'|dD/dt|':>9} {'|d2D/dt2|':>10} {'ratio':>6} {'1/gap':>6}")
     ratios = []

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from latte.errors import LatteError
-from latte.models import (create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config)
-from latte.models.blocks import Context, LatteBlock
+from latte.models import (build_model, create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config)
+from latte.models.blocks import LatteBlock
+from latte.models.conditioning import AdaLNContext
 from latte.models.layers import Attention, rope_table, sincos_1d, sincos_2d
 from latte.train.parallelize import checkpoint_blocks
 from official_reference import official_forward
@@ -150,7 +151,7 @@ def test_init_from_dit_copies_matching_tensors_and_reports_the_rest(tmp_path):
 def _block_ctx(batch, frames, dim=64, video_frames=None, rope=None):
     gen = torch.Generator().manual_seed(7)
     frames_c = torch.randn(batch, frames, dim, generator=gen)
-    return Context(video_frames or frames, rope, frames=frames_c, video=frames_c[:, 0])
+    return AdaLNContext(video_frames or frames, rope, frames=frames_c)
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal"])
@@ -259,6 +260,23 @@ def test_bad_options_and_inputs_are_one_line_errors():
         model(torch.randn(1, 4, 5, 8, 8), torch.tensor([1]))
     with pytest.raises(LatteError, match="input channels"):
         model(torch.randn(1, 3, 4, 8, 8), torch.tensor([1]))
+
+
+def test_a_model_config_stored_with_grad_checkpointing_still_loads(tmp_path):
+    """Checkpoints written before issue 28 stored the training switch grad_checkpointing in their
+    model_config; it is ignored on load (the run config's model.grad_checkpointing is the switch)."""
+    model = randomize(tiny()).eval()
+    old = dict(model.config.to_dict(), grad_checkpointing=True)
+    torch.save({"model_config": old, "ema": model.state_dict()}, tmp_path / "old.pt")
+    state = torch.load(tmp_path / "old.pt")
+    again = build_model(state["model_config"]).eval()
+    again.load_state_dict(state["ema"])
+    assert again.config == model.config and "grad_checkpointing" not in again.config.to_dict()
+    x, t, y = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, y), model(x, t, y), rtol=0, atol=0)
+    with pytest.raises(LatteError, match="unknown model option"):  # other unknown keys stay errors
+        build_model(dict(old, colour=1))
 
 
 def test_flops_scale_with_the_variant_design():

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from latte.models import build_model, create_model, forward_flops
-from latte.models.blocks import Context, LatteBlock
+from latte.models.blocks import LatteBlock
+from latte.models.conditioning import AdaLNContext, SingleContext, TokenContext
 from latte.sampling import generate
 from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
@@ -134,12 +135,12 @@ def _block_inputs(kind: str, conditioning: str):
     B, F, N, D, K, L = 2, 4, 16, 32, 2, 5
     x = torch.randn(B, F, N, D)
     if conditioning == "adaln":
-        ctx = Context(F, None, frames=torch.randn(B, F, D), video=torch.randn(B, D))
+        ctx = AdaLNContext(F, None, frames=torch.randn(B, F, D))
     elif conditioning == "tokens":
-        ctx = Context(F, None, frame_tokens=torch.randn(B * F, K, D), video_tokens=torch.randn(B, K, D))
+        ctx = TokenContext(F, None, tokens=torch.randn(B, F, K, D))
     else:  # adaLN-single with caption cross-attention
-        ctx = Context(F, None, t0=torch.randn(B, 6 * D), t_emb=torch.randn(B, D), text=torch.randn(B, 1, L, D),
-                      text_bias=torch.zeros(B, 1, L))
+        ctx = SingleContext(F, None, shared=torch.randn(B, F, 6 * D), t_emb=torch.randn(B, F, D),
+                            text=torch.randn(B, 1, L, D), text_bias=torch.zeros(B, 1, L))
     block = LatteBlock(kind, D, 2, 4.0, conditioning, cross_attention=conditioning == "adaln-single" and kind != "temporal")
     return block, (x, ctx)
 

@@ -50,8 +50,8 @@ def gaussian_x0_model(diffusion, mu, s):
     """The exact x0 prediction E[x0 | x_t] for data x0 ~ N(mu, s^2) (elementwise)."""
     abar = diffusion.alphas_cumprod.float()
 
-    def model(x, t, **_):
-        a = abar[t].view(-1, *([1] * (x.ndim - 1)))
+    def model(x, t, **_):  # t (B, F): one time per frame
+        a = abar[t][:, None, :, None, None]  # (B, 1, F, 1, 1)
         return mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x - a.sqrt() * mu)
 
     return model
@@ -176,7 +176,7 @@ def test_sample_tells_each_steps_host_timestep_before_its_model_call(sampler):
     sample(model, (2, 1, 3, 4, 4), diffusion, sampler, steps=5, progress=False,
            on_step=lambda timestep: events.append(("step", timestep)))
     schedule = [float(t) for t in diffusion_scheduler_timesteps(diffusion, sampler, 5)]
-    assert events == [event for t in schedule for event in (("step", t), ("model", [int(t)] * 2))]
+    assert events == [event for t in schedule for event in (("step", t), ("model", [[int(t)] * 3] * 2))]
     assert all(isinstance(value, float) for kind, value in events if kind == "step")
 
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, is_per_clip, masked_frame_mean, net_time
+from latte.diffusion.objective import Objective, is_per_clip, masked_frame_mean
 from latte.errors import LatteError
 
 PREDICTIONS = ("epsilon", "v", "x0")
@@ -231,7 +231,7 @@ class GaussianDiffusion(Objective):
             t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
             mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
         x_t = self.q_sample(x0, t, noise)
-        out = model_fn(x_t, net_time(self.model_time(t)), **(model_kwargs or {}))
+        out = model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
         channels = x0.shape[1]
         prediction = out[:, :channels]
         error = (self.target(x0, t, noise) - prediction.float()) ** 2

@@ -13,13 +13,6 @@ from abc import ABC, abstractmethod
 import torch
 
 
-def net_time(t: torch.Tensor) -> torch.Tensor:
-    """The time tensor the network is called with: (B,) stays; (B, F) gives its column 0, (B,).
-    Per clip only until per-frame conditioning lands in the model (which then takes (B, F) as is);
-    every network call of training and sampling goes through here."""
-    return t[:, 0] if t.ndim == 2 else t
-
-
 def is_per_clip(t: torch.Tensor) -> bool:
     """Whether (B,) or (B, F) times are one per clip by construction: (B,), one column, or a broadcast
     (stride 0 over frames, as `draw_times` returns). Read from the shape alone: no device sync."""

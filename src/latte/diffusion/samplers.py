@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from latte.diffusion.objective import Objective, net_time
+from latte.diffusion.objective import Objective
 from latte.errors import LatteError
 
 # every sampler: its diffusers scheduler and the settings of the algorithm itself (the model's come from
@@ -230,7 +230,7 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress, leave=False):
         if on_step is not None:
             on_step(float(t))  # the schedule lives on the host: no device read
-        t_batch = net_time(objective.model_time(objective.step_time(t, (shape[0], shape[2]), device)))
+        t_batch = objective.model_time(objective.step_time(t, (shape[0], shape[2]), device))  # (B, F)
         x_in = x.to(dtype)
         if guided:
             out = model_fn(torch.cat([x_in, x_in]), torch.cat([t_batch, t_batch]), **kwargs)

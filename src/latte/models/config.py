@@ -76,7 +76,6 @@ class ModelConfig:
     caption_channels: int = 0  # text encoder width; > 0 makes a text-to-video model (adaln-single conditioning)
     attention_bias: bool = True  # bias of the q/k/v projections (diffusers' attention_bias for text models)
     norm_eps: float = 1e-6  # LayerNorm eps inside the blocks
-    grad_checkpointing: bool = False
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +146,9 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> "ModelConfig":
         if "num_layers" in data:  # a text model config written before the backbones were one (T2VConfig)
             data = upgrade_text_config(data)
+        # configs written before issue 28 stored the training switch grad_checkpointing as architecture;
+        # it is the run config's model.grad_checkpointing now (applied by train/parallelize.py): ignored
+        data = {k: v for k, v in data.items() if k != "grad_checkpointing"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -3,12 +3,10 @@ text-to-video model.
 
 A patch embedding turns a clip into the token grid (B, F, N, D); one list of blocks (blocks.py:
 spatial / temporal / factorised / split, with or without caption cross-attention) transforms it;
-a final layer maps tokens back to patches. What differs between models is the conditioner, chosen by
-`config.conditioning` (paper Sec. 3.3, Sec. 5):
-- `adaln`: S-AdaLN, timestep + class embedding -> every block's own adaLN map (DiT adaLN-Zero);
-- `tokens`: timestep and class embeddings join every attended sequence as extra tokens;
-- `adaln-single`: PixArt-alpha's one timestep MLP (`t_block`) shared by all blocks, each adding its
-  own table, with caption features projected once and attended by the spatial blocks.
+a final layer maps tokens back to patches. What differs between models is the conditioner
+(conditioning.py), chosen once by `config.conditioning` (paper Sec. 3.3, Sec. 5): S-AdaLN (`adaln`),
+extra tokens (`tokens`) or PixArt-alpha's adaLN-single with captions (`adaln-single`). The timestep
+is embedded per token frame, and every block and the final layer are modulated per token frame.
 Parameter names follow the official Latte checkpoints (class models) and map one-to-one onto
 diffusers' `LatteTransformer3DModel` (text models, diffusers_interop.py).
 """
@@ -16,13 +14,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from latte.errors import LatteError
-from latte.models.blocks import Context, LatteBlock, block_kinds, layer_norm, with_images
+from latte.models.blocks import LatteBlock, block_kinds, layer_norm, with_images
+from latte.models.conditioning import CONDITIONERS, Context
 from latte.models.config import ModelConfig
-from latte.models.layers import (MASK_BIAS, CaptionProjection, LabelEmbedder, TimestepEmbedder, modulate,
-                                 rope_table, sincos_1d, sincos_2d)
+from latte.models.layers import (CrossAttention, LabelEmbedder, TimestepEmbedder, modulate, rope_table, sincos_1d,
+                                 sincos_2d)
 
 
 class PatchEmbed(nn.Module):
@@ -50,27 +48,22 @@ class PatchEmbed(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """LayerNorm, modulated by the condition (S-AdaLN: its own map; adaLN-single: a learned [2, D]
-    table plus the timestep embedding), then a linear map to the patch's output values."""
+    """LayerNorm, modulated per token frame by the conditioner (S-AdaLN: its own map; adaLN-single: a
+    learned [2, D] table plus the timestep embedding), then a linear map to the patch's output values."""
 
     def __init__(self, dim: int, out_features: int, conditioning: str):
         super().__init__()
         self.norm_final = layer_norm(dim)
         self.linear = nn.Linear(dim, out_features)
-        if conditioning == "adaln":
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        elif conditioning == "adaln-single":
-            self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        for name, value in CONDITIONERS[conditioning].final_parameters(dim).items():
+            setattr(self, name, value)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         """x (B, F, N, D) -> (B, F, N, out_features)."""
         h = self.norm_final(x)
-        if hasattr(self, "adaLN_modulation"):
-            shift, scale = (m[:, :, None] for m in self.adaLN_modulation(ctx.frames).chunk(2, dim=-1))  # (B, F, 1, D)
-            h = modulate(h, shift, scale)
-        elif hasattr(self, "scale_shift_table"):
-            shift, scale = (self.scale_shift_table[None] + ctx.t_emb[:, None])[:, :, None, None].unbind(1)
-            h = modulate(h, shift, scale)  # (B, 1, 1, D) each
+        terms = ctx.final_modulation(self)  # (shift, scale) each (B, F, 1, D), or None (token conditioning)
+        if terms is not None:
+            h = modulate(h, *terms)
         return self.linear(h)
 
 
@@ -88,7 +81,7 @@ def check_video_input(x: torch.Tensor, in_channels: int, patch: int, num_images:
 
 
 class Latte(nn.Module):
-    """Latte (arXiv 2401.03048): x (B, C, F, H, W), t (B,) and the condition -> (B, C_out, F, H, W).
+    """Latte (arXiv 2401.03048): x (B, C, F, H, W), t (B,) or (B, F) and the condition -> (B, C_out, F, H, W).
     Class models take y (B,) or (B, 1 + num_images); text models take caption features (B, L, C_text)
     or (B, 1 + num_images, L, C_text) with a mask (B, L) / (B, G, L) (1 keep, 0 pad)."""
 
@@ -100,9 +93,9 @@ class Latte(nn.Module):
         self.t_embedder = TimestepEmbedder(dim)
         if c.num_classes > 0:
             self.y_embedder = LabelEmbedder(c.num_classes, dim, c.class_dropout)
-        if cond == "adaln-single":
-            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # shared by every block
-            self.caption_projection = CaptionProjection(c.caption_channels, dim)
+        self.conditioner = CONDITIONERS[cond](c)
+        for name, module in self.conditioner.model_modules().items():  # adaLN-single: t_block, caption_projection
+            setattr(self, name, module)
         # Position tables of the trained size; official class checkpoints store them, diffusers' do not.
         for name, table in self._stored_tables().items():
             self.register_buffer(name, table, persistent=not c.is_text)
@@ -129,18 +122,11 @@ class Latte(nn.Module):
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
         nn.init.zeros_(proj.bias)
         normal = [self.t_embedder.mlp[0].weight, self.t_embedder.mlp[2].weight]
-        if hasattr(self, "y_embedder"):
-            normal.append(self.y_embedder.embedding_table.weight)
-        if hasattr(self, "t_block"):
-            normal += [self.t_block[1].weight, self.caption_projection.fc1.weight, self.caption_projection.fc2.weight]
-        for weight in normal:
+        normal += [m.embedding_table.weight for m in self.modules() if isinstance(m, LabelEmbedder)]
+        for weight in normal + self.conditioner.normal_init(self):
             nn.init.normal_(weight, std=0.02)
-        zero = [self.final_layer.linear]
-        zero += [b.adaLN_modulation[-1] for b in self.blocks if hasattr(b, "adaLN_modulation")]
-        zero += [b.cross_attn.proj for b in self.blocks if hasattr(b, "cross_attn")]
-        if hasattr(self.final_layer, "adaLN_modulation"):
-            zero.append(self.final_layer.adaLN_modulation[-1])
-        for layer in zero:
+        zero = [self.final_layer.linear] + [m.proj for m in self.modules() if isinstance(m, CrossAttention)]
+        for layer in zero + self.conditioner.zero_init(self):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -190,71 +176,25 @@ class Latte(nn.Module):
         return self._table(self.temp_embed, (frames,), lambda: sincos_1d(self.config.hidden_size, torch.arange(frames)).float())
 
     # -- conditioning ---------------------------------------------------------------------------
-    def _labels(self, y, drop, batch: int, frames: int, video_frames: int, device) -> torch.Tensor:
-        """Label embeddings per token frame (B, F, D) and of the clip (B, D), label dropout applied."""
-        num_images = frames - video_frames
-        if y is None:  # unconditional sampling: the null class
-            y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
-        y = y.reshape(batch, -1)  # (B, 1) or (B, 1 + num_images)
-        if y.shape[1] not in (1, 1 + num_images):
-            raise LatteError(f"labels must be (B,) or (B, 1 + num_images={1 + num_images}), got {tuple(y.shape)}")
-        drop = None if drop is None else drop.reshape(y.shape)
-        y_emb = self.y_embedder(y, drop)  # (B, 1 or 1+I, D): one draw of label dropout per label
-        images = y_emb[:, 1:] if y.shape[1] > 1 else y_emb[:, :1].expand(-1, num_images, -1)
-        return torch.cat([y_emb[:, :1].expand(-1, video_frames, -1), images], dim=1), y_emb[:, 0]
-
-    def _captions(self, text, mask, batch: int, num_images: int):
-        """(B, L, C) or (B, 1 + num_images, L, C) captions and (B, L) / (B, G, L) masks (1 keep, 0 pad)
-        -> projected (B, G, L, D), additive bias (B, G, L) or None."""
-        c = self.config
-        if text is None:
-            raise LatteError("the text-to-video model needs encoder_hidden_states (caption features)")
-        if text.ndim == 3:
-            text = text[:, None]
-        if text.ndim != 4 or text.shape[0] != batch or text.shape[1] not in (1, 1 + num_images) \
-                or text.shape[-1] != c.caption_channels:
-            raise LatteError(f"encoder_hidden_states must be (B={batch}, L, {c.caption_channels}) or "
-                             f"(B, 1 + num_images={1 + num_images}, L, {c.caption_channels}), got {tuple(text.shape)}")
-        bias = None
-        if mask is not None:
-            groups = 1 if mask.ndim == 2 else mask.shape[1]
-            if mask.ndim not in (2, 3) or mask.shape[0] != batch or mask.shape[-1] != text.shape[2] \
-                    or groups not in (1, text.shape[1]):
-                raise LatteError(f"encoder_attention_mask must be (B, L) or (B, G, L) matching captions "
-                                 f"{tuple(text.shape[:3])}, got {tuple(mask.shape)}")
-            mask = mask.reshape(batch, -1, mask.shape[-1]).expand(-1, text.shape[1], -1)  # (B, G, L)
-            bias = (1 - mask.float()) * MASK_BIAS
-        return self.caption_projection(text), bias
-
-    def _context(self, t, y, drop, captions, caption_mask, frames: int, video_frames: int) -> Context:
-        c, batch = self.config, t.shape[0]
-        rope = None
-        if c.temporal_pos == "rope":
-            rope = rope_table(torch.arange(video_frames, device=t.device), c.head_dim)
-        t_emb = self.t_embedder(t)  # (B, D)
-        if c.conditioning == "adaln-single":
-            text, bias = self._captions(captions, caption_mask, batch, frames - video_frames)
-            return Context(video_frames, rope, t0=self.t_block(t_emb), t_emb=t_emb, text=text, text_bias=bias)
-        if captions is not None:
-            raise LatteError("this model is not text-conditioned: it takes class labels, not captions")
-        parts, video = [t_emb[:, None].expand(-1, frames, -1)], [t_emb]  # (B, F, D), (B, D) per condition
-        if hasattr(self, "y_embedder"):
-            per_frame, per_clip = self._labels(y, drop, batch, frames, video_frames, t.device)
-            parts.append(per_frame)
-            video.append(per_clip)
-        if c.conditioning == "adaln":
-            return Context(video_frames, rope, frames=sum(parts), video=sum(video))
-        # tokens: the same normalised extra tokens enter every block (its norms have no affine terms)
-        norm = lambda z: F.layer_norm(z, z.shape[-1:], eps=c.norm_eps)  # noqa: E731
-        frame_tokens = norm(torch.stack(parts, dim=2)).flatten(0, 1)  # (B*F, K, D)
-        return Context(video_frames, rope, frame_tokens=frame_tokens, video_tokens=norm(torch.stack(video, dim=1)))
+    def frame_times(self, t: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """t as a scalar, (B,) or (B, F) over the input's F frames (video, then image frames) -> (B, F')
+        one time per token frame. One time per clip is broadcast over the frames; a tubelet token
+        (s frames) takes the time of its first frame."""
+        if t.numel() == 1:
+            t = t.reshape(1, 1).expand(batch, frames)
+        elif t.shape == (batch,):
+            t = t[:, None].expand(-1, frames)
+        elif t.shape != (batch, frames):
+            raise LatteError(f"timesteps must be a scalar, (B={batch},) or (B, F={frames}), got {tuple(t.shape)}")
+        return t[:, ::self.config.temporal_stride]  # (B, F')
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, num_images: int = 0,
                 drop_labels: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
                 encoder_attention_mask: torch.Tensor | None = None,
                 enable_temporal_attentions: bool = True) -> torch.Tensor:
-        """x (B, C, F, H, W) whose last `num_images` frames are independent images; t (B,) or a scalar.
+        """x (B, C, F, H, W) whose last `num_images` frames are independent images; t a scalar, (B,) one
+        time per clip, or (B, F) one time per frame (see `frame_times`).
         `drop_labels` (bool, y's shape) replaces the chosen labels by the null class (training code
         passes it to draw label dropout from its own generator; without it the model draws it).
         `enable_temporal_attentions=False` skips the temporal blocks (text-to-image, Latte-0)."""
@@ -267,12 +207,16 @@ class Latte(nn.Module):
             raise LatteError(f"tubelet patches need a frame count divisible by {stride} and no image frames")
         if y is not None and c.is_text:
             raise LatteError("this is a text-to-video model: it takes captions, not class labels")
-        t = t.reshape(-1).expand(batch) if t.numel() == 1 else t
+        times = self.frame_times(t, batch, frames)  # (B, F')
         h, w = height // p, width // p
         tokens = self.x_embedder(x) + self.spatial_table(h, w).to(x.dtype)[:, None]  # (B, F', N, D)
         video_tokens = video_frames // stride
-        ctx = self._context(t, y, drop_labels, encoder_hidden_states, encoder_attention_mask, tokens.shape[1],
-                            video_tokens)
+        t_emb = self.t_embedder(times.reshape(-1)).unflatten(0, times.shape)  # (B, F', D)
+        rope = None
+        if c.temporal_pos == "rope":
+            rope = rope_table(torch.arange(video_tokens, device=x.device), c.head_dim)
+        ctx = self.conditioner.context(self, t_emb, video_tokens, rope, y=y, drop=drop_labels,
+                                       captions=encoder_hidden_states, caption_mask=encoder_attention_mask)
         # absolute temporal positions join the video frames right before the first temporal mixing;
         # diffusers' text model adds none to a single frame (text-to-image)
         add_temporal = c.temporal_pos == "absolute" and enable_temporal_attentions \

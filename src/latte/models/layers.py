@@ -97,13 +97,28 @@ class Attention(nn.Module):
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (S, L, 3, H, hd)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None = None, rope_skip: int = 0) -> torch.Tensor:
-        """x (S, L, D). `rope` (cos, sin) rotates q and k of tokens rope_skip.. (extra tokens stay unrotated)."""
+    def extra_kv(self, extra: torch.Tensor, sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of extra tokens (S', K, D), each shared by S/S' consecutive sequences of
+        `sequences` = S: k, v each (S, H, K, hd)."""
+        _, k, v = self.heads(extra)  # (S', H, K, hd)
+        repeat = sequences // extra.shape[0]
+        if repeat == 1:
+            return k, v
+        return tuple(e[:, None].expand(-1, repeat, -1, -1, -1).flatten(0, 1) for e in (k, v))
+
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, extra: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (S, L, D), its tokens queries, keys and values; `rope` (cos, sin) rotates their q and k.
+        `extra` (S', K, D): condition tokens put in front of the keys and values of S/S' consecutive
+        sequences each (not rotated, no output); `mask` (L, K + L) bool: the keys each query sees.
+        -> (S, L, D)"""
         q, k, v = self.heads(x)
         if rope is not None:
-            q = torch.cat([q[:, :, :rope_skip], apply_rope(q[:, :, rope_skip:], rope)], dim=2)
-            k = torch.cat([k[:, :, :rope_skip], apply_rope(k[:, :, rope_skip:], rope)], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (S, H, L, hd)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if extra is not None:
+            ke, ve = self.extra_kv(extra, x.shape[0])
+            k, v = torch.cat([ke, k], dim=2), torch.cat([ve, v], dim=2)  # (S, H, K+L, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (S, H, L, hd)
         return self.proj(out.transpose(1, 2).flatten(2))  # (S, L, D)
 
 

@@ -35,8 +35,7 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
     m = config.model
     options = dict(variant=m.variant, patch_embed=m.patch_embed, tubelet_frames=m.tubelet_frames,
                    temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio, learn_sigma=m.learn_sigma,
-                   grad_checkpointing=m.grad_checkpointing, in_channels=sample.shape[0], num_frames=sample.shape[1],
-                   input_size=tuple(sample.shape[2:]))
+                   in_channels=sample.shape[0], num_frames=sample.shape[1], input_size=tuple(sample.shape[2:]))
     if caption_channels:  # the text conditioner (adaln-single with cross-attention) comes with the name
         options["caption_channels"] = caption_channels
     else:
