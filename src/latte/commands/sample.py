@@ -68,7 +68,7 @@ def load_for_sampling(checkpoint: str, use_ema: bool = True):
     from latte.train.checkpoint import load_checkpoint
     from latte.train.config import config_from_dict
     from latte.train.finetune import run_model
-    from latte.train.build import make_diffusion
+    from latte.train.build import clip_tokens, make_diffusion
 
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
@@ -79,7 +79,7 @@ def load_for_sampling(checkpoint: str, use_ema: bool = True):
         from latte.vae import load_vae
 
         vae = load_vae(vae_spec)
-    return model.eval(), make_diffusion(config, model.config.learn_sigma), config, vae
+    return model.eval(), make_diffusion(config, model.config.learn_sigma, clip_tokens(model.config)), config, vae
 
 
 def text_encoder_for(config, device="cpu"):

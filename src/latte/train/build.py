@@ -51,6 +51,14 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
     return model_config(m.name, **options)
 
 
-def make_diffusion(config: Config, learn_sigma: bool) -> Objective:
-    """The run's objective (diffusion.objective, through the registry)."""
-    return make_objective(config.diffusion, learn_sigma)
+def make_diffusion(config: Config, learn_sigma: bool, tokens_per_clip: int | None = None) -> Objective:
+    """The run's objective (diffusion.objective, through the registry), for a model of `tokens_per_clip`
+    tokens (clip_tokens)."""
+    return make_objective(config.diffusion, learn_sigma, tokens_per_clip)
+
+
+def clip_tokens(model_config: ModelConfig) -> int:
+    """Tokens of one clip of the model's trained shape: patches per frame times frames (or tubelets)."""
+    height, width = model_config.latent_hw
+    frames = model_config.num_frames // model_config.temporal_stride
+    return frames * (height // model_config.patch_size) * (width // model_config.patch_size)

@@ -21,7 +21,8 @@ from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.train import distributed, finetune, mfu, parallelize
 from latte.devices import pick_device
-from latte.train.build import build_training_data, dataset_num_classes, make_diffusion, make_model_config
+from latte.train.build import (build_training_data, clip_tokens, dataset_num_classes, make_diffusion,
+                               make_model_config)
 from latte.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from latte.train.config import Config, resume_differences
 
@@ -99,7 +100,8 @@ class Trainer:
         self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
         self.ema = self.tuning.make_ema(self.model)  # frozen parameters are shared, not copied
         # the objective (latte.diffusion.objective): training times, corruption, loss, sampler settings
-        self.diffusion = make_diffusion(config, self.model_config.learn_sigma).to(self.device)
+        self.diffusion = make_diffusion(config, self.model_config.learn_sigma,
+                                        clip_tokens(self.model_config)).to(self.device)
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
         self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
