@@ -107,7 +107,7 @@ def run(args) -> int:
     elif source == "latte":
         from latte.commands.sample import load_for_sampling
 
-        model = load_for_sampling(args.input)[0]
+        model, objective, run_config, _ = load_for_sampling(args.input)
     elif source == "diffusers":
         model = models.load_diffusers_transformer(args.input)
     else:  # pixart: spatial blocks, patch embedding, adaLN-single and caption projection copied
@@ -125,6 +125,10 @@ def run(args) -> int:
             raise LatteError("only text-to-video models have a diffusers layout (LatteTransformer3DModel); "
                              "class/unconditional models convert --to latte")
         models.export_diffusers_transformer(model, output)
+        if source == "latte":  # the run's objective and sampler: scheduler_config.json beside the weights
+            from latte.diffusion.samplers import write_scheduler_config
+
+            write_scheduler_config(objective, run_config.sample.sampler, output)
     print(f"wrote {output} ({model.num_parameters():,} parameters)")
     return 0
 

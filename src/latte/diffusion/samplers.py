@@ -124,6 +124,18 @@ def make_scheduler(objective: Objective, sampler: str, **overrides):
     return scheduler
 
 
+def write_scheduler_config(objective: Objective, sampler: str, folder) -> None:
+    """`folder`/scheduler_config.json: `sampler`'s diffusers scheduler for this objective (for a flow model
+    FlowMatchEulerDiscreteScheduler and its kin with the trained shift), which `<its class>.from_pretrained(folder)`
+    and `diffusers.SchedulerMixin` loaders read. Written atomically."""
+    from pathlib import Path
+
+    from latte.files import atomic_path
+
+    with atomic_path(Path(folder) / "scheduler_config.json") as tmp:
+        tmp.write_text(make_scheduler(objective, sampler).to_json_string())
+
+
 def _rehearse(scheduler, output_channels: int, steps: int = 4) -> None:
     """A few steps of `scheduler` on a tiny zero video (1 channel; the model's output has
     `output_channels`, 2 when it carries the learned variance)."""
