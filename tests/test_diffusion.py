@@ -158,7 +158,7 @@ def test_respaced_ddpm_uses_the_learned_range_variance_of_the_respaced_schedule(
 
 def test_bad_sampler_arguments_are_clear_errors():
     with pytest.raises(LatteError, match="unknown sampler"):
-        sample(lambda x, t: x, (1, 1, 1, 2, 2), GaussianDiffusion(), "euler")
+        sample(lambda x, t: x, (1, 1, 1, 2, 2), GaussianDiffusion(), "euler-ancestral")
     with pytest.raises(LatteError, match="guidance needs"):
         sample(lambda x, t: x, (1, 1, 1, 2, 2), GaussianDiffusion(), "ddim", cfg_scale=3.0)
     with pytest.raises(LatteError, match="prediction"):

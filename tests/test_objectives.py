@@ -36,11 +36,11 @@ def test_make_objective_reads_a_section_or_an_old_checkpoints_dict():
 
 
 def test_an_unknown_objective_is_a_one_line_error_naming_the_choices():
-    for build in (lambda: load_config("tiny-test", None, ["diffusion.objective=flow"]),
-                  lambda: make_objective({"objective": "flow"}, learn_sigma=False)):
+    for build in (lambda: load_config("tiny-test", None, ["diffusion.objective=edm"]),
+                  lambda: make_objective({"objective": "edm"}, learn_sigma=False)):
         with pytest.raises(LatteError) as err:
             build()
-        assert str(err.value) == "diffusion.objective must be one of ddpm, got 'flow'"
+        assert str(err.value) == "diffusion.objective must be one of ddpm, flow, got 'edm'"
     assert load_config("tiny-test", None, ["diffusion.objective=ddpm"]).diffusion.objective == "ddpm"
 
 

@@ -58,15 +58,21 @@ class ModelSection:
 
 @dataclass
 class DiffusionSection:
-    objective: str = "ddpm"  # latte.diffusion.objectives.OBJECTIVES; the keys below are ddpm's
-    num_timesteps: int = 1000
+    objective: str = "ddpm"  # ddpm | flow (latte.diffusion.objectives.OBJECTIVES); each reads its own keys below
+    num_timesteps: int = 1000  # ddpm: its steps; flow: the network embeds t * num_timesteps
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction: str = "epsilon"  # epsilon | v | x0
-    loss_weighting: str = "none"  # none (Latte) | min-snr (Hang et al. 2023, weight min(SNR, gamma) in x0 units)
+    loss_weighting: str = "none"  # none (Latte) | min-snr (Hang et al. 2023, weight min(SNR, gamma) in x0 units; ddpm only)
     min_snr_gamma: float = 5.0
     timestep_power: float = 1.0  # training steps t = T * u**power, u uniform: 1 is uniform, < 1 favours high noise
     timestep_power_until: int = 0  # training step from which t is drawn uniformly again (0: the power holds throughout)
+    # flow only (latte.diffusion.flow): training times t in [0, 1], then shifted t' = a t / (1 + (a - 1) t)
+    time_sampling: str = "logit-normal"  # uniform | logit-normal (t = sigmoid(N(logit_mean, logit_std)), SD3)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    time_shift: float = 1.0  # a (1: no shift; > 1 favours noise), also the samplers' default grid shift
+    time_shift_base_tokens: int = 0  # > 0: a = time_shift * sqrt(tokens per clip / this) (SD3 Sec. 5.3.2)
 
 
 @dataclass

@@ -110,7 +110,7 @@ def generator_from_checkpoint(state: dict, use_ema: bool = True) -> VideoGenerat
     config = config_from_dict(state["config"])
     model = run_model(state, use_ema)  # a LoRA run: its verified base with the adapters merged in
     dataset = state.get("dataset") or {}
-    return VideoGenerator(model=model, diffusion=make_objective(config.diffusion, model.config.learn_sigma), config=config,
+    return VideoGenerator(model=model, diffusion=make_objective(config.diffusion, model.config.learn_sigma, model.config.tokens_per_clip), config=config,
                           vae=load_vae(state.get("vae") or "none"), class_names=dataset.get("class_names"),
                           kind=LATTE, path=Path(state["path"]))
 
@@ -133,7 +133,7 @@ def load_generator(source, use_ema: bool = True, vae: str | None = None,
         model = load_diffusers_transformer(path) if kind == DIFFUSERS else load_official_checkpoint(contents)
         config = Config()
         config.data.num_frames = model.config.num_frames
-        generator = VideoGenerator(model=model.eval(), diffusion=make_objective(config.diffusion, model.config.learn_sigma),
+        generator = VideoGenerator(model=model.eval(), diffusion=make_objective(config.diffusion, model.config.learn_sigma, model.config.tokens_per_clip),
                                    config=config, kind=kind, path=path)
     if vae is not None:
         generator.vae = load_vae(vae)

@@ -19,6 +19,7 @@ from pathlib import Path
 from latte import lora, models
 from latte.checkpoint_files import atomic_save, load_checkpoint
 from latte.config import Config
+from latte.diffusion.samplers import write_scheduler_config
 from latte.errors import LatteError
 from latte.files import check_output_file, check_output_folder
 from latte.inference import generator_from_checkpoint
@@ -102,7 +103,8 @@ def run(args) -> int:
                                     input_size=args.input_size)
         report = _tensors_only(lambda: models.init_from_dit(model, args.input), args.input, "a DiT state dict")
     elif source == "latte":
-        model = generator_from_checkpoint(state).model
+        generator = generator_from_checkpoint(state)
+        model = generator.model
     elif source == "diffusers":
         model = models.load_diffusers_transformer(args.input)
     else:  # pixart: spatial blocks, patch embedding, adaLN-single and caption projection copied
@@ -120,6 +122,8 @@ def run(args) -> int:
             raise LatteError("only text-to-video models have a diffusers layout (LatteTransformer3DModel); "
                              "class/unconditional models convert --to latte")
         models.export_diffusers_transformer(model, output)
+        if source == "latte":  # the run's objective and sampler: scheduler_config.json beside the weights
+            write_scheduler_config(generator.diffusion, generator.config.sample.sampler, output)
     print(f"wrote {output} ({model.num_parameters():,} parameters)")
     return 0
 

@@ -58,6 +58,8 @@ class GaussianDiffusion(Objective):
     """Forward process, prediction targets, posterior and the training losses."""
 
     name = "ddpm"
+    settings = SETTINGS
+    learns_variance = True
     samplers = ("ddpm", "ddim", "dpm-solver", "dpm-solver-sde", "unipc", "deis")
     choices = {"prediction": PREDICTIONS, "loss_weighting": LOSS_WEIGHTINGS}
     ranges = {"num_timesteps": (2, math.inf, False, False), "beta_start": (0, 1, True, True),
@@ -101,7 +103,7 @@ class GaussianDiffusion(Objective):
                              f"{settings['beta_end']}")
 
     @classmethod
-    def from_settings(cls, settings: dict, learn_sigma: bool) -> "GaussianDiffusion":
+    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> "GaussianDiffusion":
         return cls(learn_sigma=learn_sigma, **{key: settings[key] for key in SETTINGS if key in settings})
 
     def to(self, device) -> "GaussianDiffusion":

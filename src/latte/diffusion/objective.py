@@ -31,16 +31,19 @@ class Objective(ABC):
     """The interface of a training objective; `latte.diffusion.gaussian.GaussianDiffusion` ("ddpm") is one."""
 
     name: str  # its key in OBJECTIVES (config: diffusion.objective)
+    settings: tuple[str, ...]  # the diffusion config keys it reads; the others keep their defaults in its runs
     samplers: tuple[str, ...]  # the sampler names (latte.diffusion.samplers.SAMPLERS) it can be sampled with
     choices: dict[str, tuple]  # diffusion config keys it reads that take one of a fixed set of values
     ranges: dict[str, tuple]  # its numeric config keys: (low, high, low excluded, high excluded)
     num_timesteps: int  # the scheduler's num_train_timesteps: sampling steps and PAB ranges are counted in it
     learn_sigma: bool  # whether the model also outputs a variance (2C channels)
+    learns_variance: bool  # whether its models may output a variance at all (model.learn_sigma)
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: dict, learn_sigma: bool) -> "Objective":
-        """Built from a config's diffusion section as a dict (keys it lacks take their defaults)."""
+    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> "Objective":
+        """Built from a config's diffusion section as a dict (keys it lacks take their defaults), for a model
+        of `tokens_per_clip` tokens (None: not known; an objective whose settings need it says so)."""
 
     @classmethod
     def check_settings(cls, settings: dict) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from latte.diffusion.flow import RectifiedFlow
 from latte.diffusion.gaussian import GaussianDiffusion
 from latte.diffusion.objective import Objective
 from latte.errors import LatteError
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "ddpm": GaussianDiffusion,
+    "flow": RectifiedFlow,
 }
 DEFAULT_OBJECTIVE = "ddpm"  # configs written before diffusion.objective existed trained this one
 
@@ -21,8 +23,10 @@ def objective_class(name: str) -> type[Objective]:
     return OBJECTIVES[name]
 
 
-def make_objective(settings, learn_sigma: bool) -> Objective:
+def make_objective(settings, learn_sigma: bool, tokens_per_clip: int | None = None) -> Objective:
     """The objective a config's diffusion section describes: a DiffusionSection or its dict (a checkpoint's;
-    keys it lacks, `objective` included, take their defaults)."""
+    keys it lacks, `objective` included, take their defaults), for a model of `tokens_per_clip` tokens
+    (flow's time_shift_base_tokens derives its shift from them)."""
     values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
-    return objective_class(values.pop("objective", DEFAULT_OBJECTIVE)).from_settings(values, learn_sigma)
+    return objective_class(values.pop("objective", DEFAULT_OBJECTIVE)).from_settings(values, learn_sigma,
+                                                                                     tokens_per_clip)

@@ -5,13 +5,15 @@ as an ODE ("dpm-solver") and as an SDE ("dpm-solver-sde", fresh noise every step
 al. 2023, bh2 predictor-corrector) and DEIS (Zhang & Chen 2023). Classifier-free guidance (Ho &
 Salimans 2022) runs the conditional and unconditional halves in one batched forward pass: the
 unconditional half gets the null class, or other inputs (`uncond_kwargs`, e.g. the empty or negative
-prompt's embedding).
+prompt's embedding). Flow models (latte.diffusion.flow) take Euler and Heun (diffusers' FlowMatch
+schedulers) and UniPC / DPM-Solver++ on flow sigmas; each objective lists the samplers that fit it.
 
-Timesteps of the multistep solvers: evenly spaced in log-SNR from t = T-1 down towards t = 0, so the
+Timesteps of the multistep solvers on DDPM models: evenly spaced in log-SNR from t = T-1 down towards t = 0, so the
 last model call is near t = 0 (`solver_timesteps`; docs/sampling.md). diffusers' default
 ("linspace") grid for them stops at t ~ T/steps and reaches the clean sample with one first-order
 jump, x0 = D(x_t): with 20 steps from t = 50 alone, and that jump, not the solver's order, dominated
 their error against a fine reference solution (26-29 dB for DPM-Solver++ 20, 43 dB on this grid).
+On flow models every sampler keeps its scheduler's flow grid: evenly spaced in t from 1, then shifted.
 """
 from __future__ import annotations
 
@@ -36,9 +38,13 @@ SCHEDULERS = {
     "dpm-solver-sde": ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=2)),
     "unipc": ("UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2", predict_x0=True)),
     "deis": ("DEISMultistepScheduler", dict(solver_order=2)),
+    # flow matching (rectified flow): Euler, and Heun (two model calls a step: 2 * steps - 1 in all)
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "heun": ("FlowMatchHeunDiscreteScheduler", {}),
 }
 SAMPLERS = tuple(SCHEDULERS)
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "dpm-solver-sde": 20, "unipc": 20, "deis": 20}
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm-solver": 20, "dpm-solver-sde": 20, "unipc": 20, "deis": 20,
+                 "euler": 50, "heun": 25}
 MULTISTEP = ("dpm-solver", "dpm-solver-sde", "unipc", "deis")  # samplers that take the log-SNR grid of `solver_timesteps`
 GRIDS = ("logsnr", "diffusers")
 # Scheduler settings that describe the trained model (its noise schedule, what it predicts, its output
@@ -118,6 +124,18 @@ def make_scheduler(objective: Objective, sampler: str, **overrides):
     return scheduler
 
 
+def write_scheduler_config(objective: Objective, sampler: str, folder) -> None:
+    """`folder`/scheduler_config.json: `sampler`'s diffusers scheduler for this objective (for a flow model
+    FlowMatchEulerDiscreteScheduler and its kin with the trained shift), which `<its class>.from_pretrained(folder)`
+    and `diffusers.SchedulerMixin` loaders read. Written atomically."""
+    from pathlib import Path
+
+    from latte.files import atomic_path
+
+    with atomic_path(Path(folder) / "scheduler_config.json") as tmp:
+        tmp.write_text(make_scheduler(objective, sampler).to_json_string())
+
+
 def _rehearse(scheduler, output_channels: int, steps: int = 4) -> None:
     """A few steps of `scheduler` on a tiny zero video (1 channel; the model's output has
     `output_channels`, 2 when it carries the learned variance)."""
@@ -158,10 +176,11 @@ def parse_option_value(text: str):
 
 def set_timesteps(scheduler, sampler: str, steps: int, grid: str = "logsnr") -> None:
     """Timesteps of the scheduler: grid "logsnr" gives the multistep solvers `solver_timesteps`;
-    "diffusers" keeps the scheduler's own spacing (DDPM and DDIM always use theirs)."""
+    "diffusers" keeps the scheduler's own spacing (DDPM and DDIM always use theirs, and so does every
+    sampler of a flow model: its flow grid)."""
     if grid not in GRIDS:
         raise LatteError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
-    if sampler not in MULTISTEP or grid == "diffusers":
+    if sampler not in MULTISTEP or grid == "diffusers" or scheduler.config.get("use_flow_sigmas"):
         scheduler.set_timesteps(steps)
         return
     timesteps = solver_timesteps(scheduler.alphas_cumprod, steps)
@@ -215,7 +234,7 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
     channels = shape[1]
     dtype = next((p.dtype for p in getattr(model_fn, "parameters", lambda: iter(()))()), torch.float32)
     x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
-    x = x.to(device).float() * scheduler.init_noise_sigma
+    x = x.to(device).float() * getattr(scheduler, "init_noise_sigma", 1.0)  # the FlowMatch ones start at 1
     kwargs = dict(model_kwargs or {})
     if y is not None:
         kwargs["y"] = y

@@ -129,6 +129,12 @@ class ModelConfig:
         return self.tubelet_frames if self.patch_embed == "tubelet" else 1
 
     @property
+    def tokens_per_clip(self) -> int:
+        """Tokens of one clip of the trained shape: patches per frame times frames (or tubelets)."""
+        height, width = self.latent_hw
+        return (self.num_frames // self.temporal_stride) * (height // self.patch_size) * (width // self.patch_size)
+
+    @property
     def is_text(self) -> bool:
         return self.caption_channels > 0
 

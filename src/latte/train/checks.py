@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from latte.config import PARALLEL_MODES, Config, DataSection, ModelSection, read_config
+from latte.config import PARALLEL_MODES, Config, DataSection, DiffusionSection, ModelSection, read_config
 from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
@@ -67,6 +67,7 @@ def validate(config: Config) -> None:
             if getattr(config.data, key) != getattr(DataSection(), key):
                 raise LatteError(f"data.{key} applies to the moving-mnist dataset only, not {config.data.dataset}")
     objective = objective_class(config.diffusion.objective)  # one-line error naming the registered ones
+    check_objective_keys(config, objective)
     choices = {
         ("model", "variant"): VARIANTS,
         ("model", "patch_embed"): PATCH_EMBEDS,
@@ -81,7 +82,8 @@ def validate(config: Config) -> None:
     for (section, key), valid in choices.items():
         value = getattr(getattr(config, section), key)
         if value not in valid:
-            raise LatteError(f"{section}.{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
+            whose = f" (the samplers of diffusion.objective={objective.name})" if key == "sampler" else ""
+            raise LatteError(f"{section}.{key} must be one of {', '.join(map(str, valid))}{whose}, got {value!r}")
     ranges = {**RANGES, **{("diffusion", key): span for key, span in objective.ranges.items()}}
     for (section, key), (low, high, low_open, high_open) in ranges.items():
         check_range(f"{section}.{key}", getattr(getattr(config, section), key), low, high, low_open, high_open)
@@ -99,6 +101,21 @@ def validate(config: Config) -> None:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
     check_model_shape(config)
+
+
+def check_objective_keys(config: Config, objective) -> None:
+    """A run's diffusion keys that its objective does not read keep their defaults (one line naming them
+    all), and model.learn_sigma is set only for an objective whose models may learn a variance."""
+    defaults = DiffusionSection()
+    foreign = [f"diffusion.{key}={value}" for key, value in dataclasses.asdict(config.diffusion).items()
+               if key != "objective" and key not in objective.settings and value != getattr(defaults, key)]
+    if foreign:
+        raise LatteError(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to "
+                         f"diffusion.objective={objective.name}: leave {'it' if len(foreign) == 1 else 'them'} "
+                         "at the default")
+    if config.model.learn_sigma and not objective.learns_variance:
+        raise LatteError(f"model.learn_sigma applies to diffusion.objective=ddpm only: a {objective.name} model "
+                         "learns no variance; set model.learn_sigma=false")
 
 
 INF = float("inf")

@@ -100,7 +100,8 @@ class Trainer:
         self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
         self.ema = self.tuning.make_ema(self.model)  # frozen parameters are shared, not copied
         # the objective (latte.diffusion.objective): training times, corruption, loss, sampler settings
-        self.diffusion = make_objective(config.diffusion, self.model_config.learn_sigma).to(self.device)
+        self.diffusion = make_objective(config.diffusion, self.model_config.learn_sigma,
+                                        self.model_config.tokens_per_clip).to(self.device)
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
         self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
@@ -327,7 +328,7 @@ class Trainer:
         loader = self._loader()
         metrics = open(self.output / "metrics.jsonl", "a") if self.dist.main else None
         writer = self._tensorboard()
-        tokens_per_clip = self._tokens_per_clip()
+        tokens_per_clip = self.model_config.tokens_per_clip
         peak = mfu.peak_flops(self.device, t_cfg.peak_tflops)
         flops_per_clip = mfu.train_flops_per_clip(self) if peak else 0
         bar = tqdm(total=t_cfg.max_steps, initial=self.step, disable=not self.dist.main, unit="step",
@@ -378,11 +379,6 @@ class Trainer:
             if writer:
                 writer.close()
         return last_saved
-
-    def _tokens_per_clip(self) -> int:
-        c = self.model_config
-        h, w = (s // c.patch_size for s in c.latent_hw)
-        return h * w * (c.num_frames // c.temporal_stride)
 
     def _tensorboard(self):
         if not self.dist.main:
