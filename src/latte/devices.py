@@ -1,9 +1,11 @@
-"""The device a command runs on, from its --device / train.device setting."""
+"""The device a command runs on, from its --device / train.device setting, and the compute precisions."""
 from __future__ import annotations
 
 import torch
 
 from latte.errors import LatteError
+
+PRECISIONS = ("bf16", "fp32")  # sampling, eval and training (which adds "auto")
 
 
 def pick_device(name: str, setting: str = "--device") -> torch.device:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from latte.devices import PRECISIONS
 from latte.diffusion import sample as diffusion_sample
 from latte.errors import LatteError
 from latte.models import Latte
@@ -37,7 +38,6 @@ class SampleRequest:
     scheduler_options: dict | None = None  # diffusers scheduler settings overridden (for comparisons)
 
 
-PRECISIONS = ("bf16", "fp32")
 
 
 def default_precision(device) -> str:

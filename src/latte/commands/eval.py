@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from latte.devices import PRECISIONS
 from latte.errors import LatteError
 
 
@@ -39,7 +40,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="UCF101 C3D weights (default: $LATTE_C3D_WEIGHTS; IS is skipped without)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="real-statistics cache folder")
     parser.add_argument("--no-cache", action="store_true", help="recompute real statistics and do not store them")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="detector precision (default: bf16 on CUDA, fp32 on CPU); bf16 features get their own cache")
     return parser
 

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from latte.devices import pick_device
+from latte.devices import PRECISIONS, pick_device
 from latte.diffusion import SAMPLERS
 from latte.diffusion.samplers import parse_scheduler_options
 from latte.errors import LatteError
@@ -57,7 +57,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=None)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="transformer (bf16 autocast) and VAE precision (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--cache", choices=["none", "pab"], default="none",
                         help="pab: Pyramid Attention Broadcast, attention outputs reused across steps (docs/sampling.md)")

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import latte
-from latte.devices import pick_device
+from latte.devices import PRECISIONS, pick_device
 from latte.errors import LatteError
 from latte.metrics.clips import ClipProtocol, ClipSet, open_fake, open_real
 from latte.metrics.stats import Gaussian, RunningStats, frechet_distance, inception_score
@@ -85,8 +85,8 @@ def exact_float32(device: torch.device):
 
 def in_precision(run: Callable[[torch.Tensor], torch.Tensor], precision: str, device: torch.device):
     """`run` under bf16 autocast when asked (features come back float32 either way)."""
-    if precision not in ("bf16", "fp32"):
-        raise LatteError(f"precision must be bf16 or fp32, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise LatteError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return run
 

@@ -12,6 +12,7 @@ import math
 import torch
 
 from latte.config import PARALLEL_MODES, Config, DataSection, DiffusionSection, ModelSection, read_config
+from latte.devices import PRECISIONS
 from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
@@ -74,7 +75,7 @@ def validate(config: Config) -> None:
         ("model", "conditioning"): tuple(c for c in CONDITIONINGS if c != "adaln-single"),  # text models: by name
         ("model", "temporal_pos"): TEMPORAL_POSITIONS,
         **{("diffusion", key): valid for key, valid in objective.choices.items()},
-        ("train", "mixed_precision"): ("auto", "bf16", "fp32"),
+        ("train", "mixed_precision"): ("auto", *PRECISIONS),
         ("train", "device"): ("auto", "cpu", "cuda"),
         ("train", "parallel"): PARALLEL_MODES,
         ("sample", "sampler"): objective.samplers,
