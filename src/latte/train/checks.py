@@ -12,6 +12,7 @@ import math
 import torch
 
 from latte.config import PARALLEL_MODES, Config, DataSection, ModelSection, read_config
+from latte.diffusion.objective import Objective
 from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
@@ -98,7 +99,20 @@ def validate(config: Config) -> None:
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
+    check_held_out(config, objective)
     check_model_shape(config)
+
+
+def check_held_out(config: Config, objective) -> None:
+    """train.eval_every needs held-out clips (none in a latent cache yet) and an objective with held-out times."""
+    if not config.train.eval_every:
+        return
+    if config.data.cache:
+        raise LatteError("train.eval_every needs clips the run does not train on, and a latent cache has no "
+                         "held-out slice yet: set train.eval_every=0 or train on the data folder")
+    if objective.held_out_times is Objective.held_out_times:
+        raise LatteError(f"diffusion.objective {config.diffusion.objective} defines no held-out times: "
+                         "set train.eval_every=0")
 
 
 INF = float("inf")
@@ -137,6 +151,8 @@ RANGES = {
     ("train", "keep_checkpoints"): (1, INF, False, False),
     ("train", "log_every"): (1, INF, False, False),
     ("train", "sample_every"): (0, INF, False, False),
+    ("train", "eval_every"): (0, INF, False, False),
+    ("train", "eval_clips"): (1, INF, False, False),
     ("train", "peak_tflops"): (0, INF, True, True),
     ("sample", "num_videos"): (1, INF, False, False),
     ("sample", "steps"): (1, INF, False, False),
