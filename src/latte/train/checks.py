@@ -99,20 +99,24 @@ def validate(config: Config) -> None:
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
-    check_held_out(config, objective)
+    check_held_out(config)
     check_model_shape(config)
 
 
-def check_held_out(config: Config, objective) -> None:
-    """train.eval_every needs held-out clips (none in a latent cache yet) and an objective with held-out times."""
-    if not config.train.eval_every:
-        return
+def held_out_refusal(config: Config) -> str | None:
+    """Why this config cannot have a held-out loss (train.eval_every > 0), or None when it can."""
     if config.data.cache:
-        raise LatteError("train.eval_every needs clips the run does not train on, and a latent cache has no "
-                         "held-out slice yet: set train.eval_every=0 or train on the data folder")
-    if objective.held_out_times is Objective.held_out_times:
-        raise LatteError(f"diffusion.objective {config.diffusion.objective} defines no held-out times: "
-                         "set train.eval_every=0")
+        return ("train.eval_every needs clips the run does not train on, and a latent cache has no held-out "
+                "slice yet: set train.eval_every=0 or train on the data folder")
+    if objective_class(config.diffusion.objective).held_out_times is Objective.held_out_times:
+        return f"diffusion.objective {config.diffusion.objective} defines no held-out times: set train.eval_every=0"
+    return None
+
+
+def check_held_out(config: Config) -> None:
+    reason = held_out_refusal(config) if config.train.eval_every else None
+    if reason:
+        raise LatteError(reason)
 
 
 INF = float("inf")
