@@ -130,3 +130,19 @@ def test_settings_without_held_out_clips_are_refused_in_one_line(tmp_path):
         with pytest.raises(LatteError, match=needle) as err:
             tiny_config(tmp_path, *overrides)
         assert "\n" not in str(err.value)
+
+
+def test_an_objective_without_held_out_times_refuses_eval_every_in_one_line(tmp_path, monkeypatch):
+    from latte.diffusion import objectives
+    from latte.diffusion.objective import Objective
+
+    class NoGrid(GaussianDiffusion):
+        name = "nogrid"
+        held_out_times = Objective.held_out_times  # what an objective gets unless it defines its own
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "nogrid", NoGrid)
+    with pytest.raises(LatteError, match="objective nogrid defines no held-out times: set train.eval_every=0"):
+        NoGrid().held_out_times(10)
+    with pytest.raises(LatteError, match="diffusion.objective nogrid defines no held-out times"):
+        tiny_config(tmp_path, "diffusion.objective=nogrid", "train.eval_every=1")
+    assert tiny_config(tmp_path, "diffusion.objective=nogrid").train.eval_every == 0  # off: no grid needed
