@@ -128,7 +128,8 @@ def markdown(plan: StudyPlan, summary: dict[str, dict], results: list[dict]) -> 
                 continue
             mean, std, n = s["metrics"][metric]
             digits = DIGITS.get(metric, 3)
-            cells.append(fmt(mean, digits) + ("" if std is None else f" ± {fmt(std, digits)}") + ("" if n == plan.seeds else f" (n={n})"))
+            spread = "" if std is None else f" ± {fmt(std, digits)}"
+            cells.append(fmt(mean, digits) + spread + ("" if n == plan.seeds else f" (n={n})"))
         cells += [f"{len(s['done'])}/{len(s['runs'])} done", s["option"].finding or "–"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values: mean ± standard deviation over seeds of the last evaluated step "

@@ -81,7 +81,8 @@ class HeldOut:
                 self.batches.append((x0, trainer._model_kwargs(batch, labels, 0, keep)))
         clip_shape = self.batches[0][0].shape[1:]  # (C, F, H, W)
         generator = torch.Generator().manual_seed(SEED)  # on the host: the same noise on any device
-        self.noise = torch.randn((len(dataset), len(self.times), *clip_shape), generator=generator)  # (N, n, C, F, H, W)
+        self.noise = torch.randn((len(dataset), len(self.times), *clip_shape),
+                                 generator=generator)  # (N, n, C, F, H, W)
         self.count = len(dataset)
 
     @torch.no_grad()

@@ -362,8 +362,8 @@ class Trainer:
                 held = self.evaluate_held_out() if eval_now else None  # None on ranks other than 0
                 if held:
                     window_start += held["heldout_seconds"]  # not counted in the training throughput
-                    self.log(f"step {self.step}: held-out loss {held['heldout_loss']:.4f}, mse {held['heldout_mse']:.4f} "
-                             f"({held['heldout_seconds']:.1f} s)")
+                    self.log(f"step {self.step}: held-out loss {held['heldout_loss']:.4f}, "
+                             f"mse {held['heldout_mse']:.4f} ({held['heldout_seconds']:.1f} s)")
                     self._write_held_out(held, writer, None if log_now else metrics)
                 if log_now:
                     elapsed = time.perf_counter() - window_start
