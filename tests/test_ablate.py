@@ -136,3 +136,18 @@ def test_frame_fid_along_training_with_cached_real_statistics(tmp_path, monkeypa
     assert "| clips/s | frame FID | final train loss |" in (tmp_path / "model.temporal_pos" / "report.md").read_text()
     assert capsys.readouterr().out.count("real features (fid): 3 clips") == 1
     assert len(list((tmp_path / "cache" / "stats").glob("fid-*.npz"))) == 1  # what the next run of the study reads
+
+
+def test_report_gives_the_held_out_loss_per_option_with_its_seed_spread(tmp_path):
+    """Moving MNIST runs evaluate the held-out loss at the study's evaluation steps (train.eval_every)."""
+    assert main(["ablate", "--options", "optim.lr=1e-3,3e-3", *FAST_EVAL, "--max-steps", "2", "--eval-every", "2",
+                 "--seeds", "2", "--metrics", "fvd", "--set", "train.eval_clips=4", "--output-dir", str(tmp_path)]) == 0
+    study = tmp_path / "optim.lr"
+    runs = results_of(study)
+    assert all(r["status"] == "done" and r["heldout_loss"] > 0 for r in runs)
+    assert runs[0]["heldout_loss"] != runs[1]["heldout_loss"]  # seeds 0 and 1 trained different weights
+    report = (study / "report.md").read_text()
+    assert "| final train loss | held-out loss |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| `lr-1e-3` |"))
+    assert row.split(" | ")[-3].count(" ± ") == 1  # mean ± std over the two seeds
+    assert "- held-out loss (lower is better): " in report and "comparable only between options of one" in report

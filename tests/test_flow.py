@@ -1,6 +1,7 @@
 """The flow objective (latte.diffusion.flow): its time draws, loss, samplers against an exact solution,
 training and bitwise resume with the real trainer, and the one-line errors around it."""
 import json
+import math
 
 import pytest
 import torch
@@ -217,3 +218,14 @@ def test_convert_to_diffusers_writes_the_flow_scheduler_config(tmp_path):
     assert scheduler.config.flow_shift == 2.0
     config = diffusers.LatteTransformer3DModel.from_pretrained(out).config
     assert config.out_channels == config.in_channels  # the velocity, no variance channels
+
+
+def test_a_flow_run_records_its_held_out_loss_on_the_unshifted_grid(tmp_path):
+    grid = RectifiedFlow(time_shift=3.0).held_out_times(4)
+    assert torch.allclose(grid, torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    train(flow_config(tmp_path, "train.max_steps=2", "train.eval_every=1", "train.eval_clips=2"),
+          write_samples_at_end=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in records if "heldout_loss" in r]
+    assert [r["step"] for r in held] == [1, 2]
+    assert len(held[-1]["heldout_loss_by_t"]) == 10 and all(math.isfinite(v) for v in held[-1]["heldout_loss_by_t"].values())

@@ -130,6 +130,8 @@ class TrainSection:
     keep_checkpoints: int = 3
     log_every: int = 10
     sample_every: int = 0  # write a sample filmstrip every N steps (0: only at the end)
+    eval_every: int = 0  # held-out loss of the EMA model every N steps and at the end (0: off; latte.train.heldout)
+    eval_clips: int = 64  # held-out clips: Moving MNIST's test split, or a folder's slice that then does not train
     device: str = "auto"  # auto | cpu | cuda
 
 

@@ -23,7 +23,10 @@ METRICS = {
     "clip_agreement": ("clip agreement", True),
     "motion_error_px": ("motion error px", False),
     "final_loss": ("final train loss", False),
+    "heldout_loss": ("held-out loss", False),  # train.eval_every: from metrics.jsonl, not from the evaluations
 }
+RUN_VALUES = ("final_loss", "heldout_loss")  # read from the run's record, not from its evaluations
+DIGITS = {"heldout_loss": 4}  # significant digits where 3 hide differences (a low-variance loss); others 3
 
 
 def with_derived(metrics: dict) -> dict:
@@ -36,10 +39,11 @@ def with_derived(metrics: dict) -> dict:
 
 
 def final_values(run: dict) -> dict[str, float]:
-    """The last evaluation's metrics of a finished run, plus its final training loss."""
+    """The last evaluation's metrics of a finished run, plus its final training loss and held-out loss."""
     values = with_derived(run["evals"][-1]["metrics"]) if run.get("evals") else {}
-    if run.get("final_loss") is not None:
-        values["final_loss"] = run["final_loss"]
+    for key in RUN_VALUES:
+        if run.get(key) is not None:
+            values[key] = run[key]
     return values
 
 
@@ -50,11 +54,11 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def fmt(value: float) -> str:
+def fmt(value: float, digits: int = 3) -> str:
     size = abs(value)
     if size >= 100:
         return f"{value:.1f}"
-    return f"{value:.3g}" if size >= 1e-3 or value == 0 else f"{value:.2e}"
+    return f"{value:.{digits}g}" if size >= 1e-3 or value == 0 else f"{value:.{digits - 1}e}"
 
 
 def summarise(plan: StudyPlan, results: list[dict]) -> dict[str, dict]:
@@ -84,13 +88,14 @@ def reading(summary: dict[str, dict]) -> list[str]:
         if len(ranked) < 2:
             continue
         ranked.sort(key=lambda item: item[1][0], reverse=higher)
-        parts = [f"{ranked[0][0]} ({fmt(ranked[0][1][0])})"]
+        digits = DIGITS.get(metric, 3)
+        parts = [f"{ranked[0][0]} ({fmt(ranked[0][1][0], digits)})"]
         for (_, (m1, s1, _)), (name, (m2, s2, _)) in zip(ranked, ranked[1:]):
             if s1 is None or s2 is None:
                 relation = "?"  # one seed: no spread to compare with
             else:
                 relation = ">" if abs(m1 - m2) > s1 + s2 else "≈"
-            parts.append(f"{relation} {name} ({fmt(m2)})")
+            parts.append(f"{relation} {name} ({fmt(m2, digits)})")
         lines.append(f"- {label} ({'higher' if higher else 'lower'} is better): " + " ".join(parts))
     if lines:
         lines.append("")
@@ -122,11 +127,17 @@ def markdown(plan: StudyPlan, summary: dict[str, dict], results: list[dict]) -> 
                 cells.append("–")
                 continue
             mean, std, n = s["metrics"][metric]
-            cells.append(fmt(mean) + ("" if std is None else f" ± {fmt(std)}") + ("" if n == plan.seeds else f" (n={n})"))
+            digits = DIGITS.get(metric, 3)
+            spread = "" if std is None else f" ± {fmt(std, digits)}"
+            cells.append(fmt(mean, digits) + spread + ("" if n == plan.seeds else f" (n={n})"))
         cells += [f"{len(s['done'])}/{len(s['runs'])} done", s["option"].finding or "–"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values: mean ± standard deviation over seeds of the last evaluated step "
               "(n = seeds finished when fewer than asked)."]
+    if "heldout_loss" in shown:
+        lines += ["Held-out loss: the training loss of the EMA model on held-out clips at fixed times and noise "
+                  "(train.eval_every); comparable only between options of one objective and prediction target "
+                  "(docs/evaluation.md)."]
     reasons = {}
     for run in results:
         for evaluation in run.get("evals", [])[-1:]:
@@ -149,22 +160,24 @@ def markdown(plan: StudyPlan, summary: dict[str, dict], results: list[dict]) -> 
 
 def figure(plan: StudyPlan, summary: dict[str, dict], path: Path) -> Path:
     panels = []
-    for metric in [m for m in METRICS if m != "final_loss"]:
+    for metric in [m for m in METRICS if m not in RUN_VALUES]:
         series = {name: [{int(ev["step"]): with_derived(ev["metrics"])[metric] for ev in r["evals"]
                           if metric in with_derived(ev["metrics"])} for r in s["runs"]] for name, s in summary.items()}
         if any(seed for seeds in series.values() for seed in seeds):
             panels.append((METRICS[metric][0], series))
-    losses = {}
-    for name, s in summary.items():
-        losses[name] = []
-        for run in s["runs"]:
-            records = [r for r in read_jsonl(Path(run["run_dir"]) / "metrics.jsonl") if "loss" in r]
-            by_step = {int(r["step"]): r["loss"] for r in records}
-            steps = sorted(by_step)
-            values = smooth([by_step[k] for k in steps], max(1, len(steps) // 20))
-            losses[name].append(dict(zip(steps, values.tolist())))
-    if any(seed for seeds in losses.values() for seed in seeds):
-        panels.append(("train loss (smoothed)", losses))
+    for key, title, smoothed in (("loss", "train loss (smoothed)", True), ("heldout_loss", "held-out loss", False)):
+        series = {}
+        for name, s in summary.items():
+            series[name] = []
+            for run in s["runs"]:
+                records = [r for r in read_jsonl(Path(run["run_dir"]) / "metrics.jsonl") if key in r]
+                by_step = {int(r["step"]): r[key] for r in records}
+                steps = sorted(by_step)
+                values = [by_step[k] for k in steps]
+                values = smooth(values, max(1, len(steps) // 20)).tolist() if smoothed else values
+                series[name].append(dict(zip(steps, values)))
+        if any(seed for seeds in series.values() for seed in seeds):
+            panels.append((title, series))
     if not panels:
         panels.append(("no evaluations yet", {}))
     return draw(path, f"latte ablate --study {plan.study.name}", panels)

@@ -22,7 +22,7 @@ from latte.ablation.studies import Option, Study
 from latte.config import Config
 from latte.data.cache import atomic_write_text
 from latte.errors import LatteError
-from latte.train.checks import load_config, validate
+from latte.train.checks import held_out_refusal, load_config, validate
 
 STATE_FILE = "ablate.json"
 EVALS_FILE = "evals.jsonl"
@@ -85,6 +85,8 @@ def option_config(plan: StudyPlan, option: Option, seed_index: int) -> Config:
     if plan.max_steps is not None:
         t.max_steps = plan.max_steps
     t.sample_every = eval_every(plan, config)  # Trainer.fit calls the evaluation hook at these steps
+    if not t.eval_every and config.data.is_moving_mnist and held_out_refusal(config) is None:
+        t.eval_every = t.sample_every  # held-out loss on the test split (a folder's slice only when asked)
     t.checkpoint_every = min(t.checkpoint_every, t.sample_every)  # a resumed run loses no evaluated steps
     validate(config)
     return config
@@ -98,17 +100,21 @@ def eval_every(plan: StudyPlan, config: Config) -> int:
 
 
 def run_measurements(trainer, run_dir: Path) -> dict:
-    """Size, cost and speed of a finished run: parameters, forward GFLOPs per clip, median clips/s, final loss."""
+    """Size, cost and speed of a finished run: parameters, forward GFLOPs per clip, median clips/s, final loss,
+    and the held-out loss of its last evaluation (train.eval_every)."""
     from latte.models import Latte, forward_flops
 
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    everything = read_jsonl(run_dir / "metrics.jsonl")
+    records = [r for r in everything if "loss" in r]
+    held = [r for r in everything if "heldout_loss" in r]
     speeds = sorted(r["clips_per_s"] for r in records if r.get("clips_per_s"))
     tail = records[-max(1, len(records) // 10):]
     model = trainer.model
     return {"parameters": model.num_parameters(),
             "gflops_per_clip": forward_flops(model) / 1e9 if isinstance(model, Latte) else None,
             "clips_per_s": speeds[len(speeds) // 2] if speeds else None,
-            "final_loss": sum(r["loss"] for r in tail) / len(tail) if tail else None}
+            "final_loss": sum(r["loss"] for r in tail) / len(tail) if tail else None,
+            "heldout_loss": max(held, key=lambda r: r["step"])["heldout_loss"] if held else None}
 
 
 def one_line_error(exc: BaseException) -> str:

@@ -106,6 +106,11 @@ class RectifiedFlow(Objective):
         """(clips, frames): one time per clip, broadcast over the frames."""
         return self.sample_times(clips, generator, device)[:, None].expand(clips, frames)
 
+    def held_out_times(self, count: int) -> torch.Tensor:
+        """The midpoints of `count` equal buckets of [0, 1], unshifted (a fixed grid whatever the training
+        shift): count 10 gives 0.05, 0.15, ..., 0.95."""
+        return (torch.arange(count, dtype=torch.float32) + 0.5) / count  # (count,)
+
     @staticmethod
     def _at(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """t shaped to broadcast against a video `like`: (B,) -> (B, 1, 1, ...); (B, F) -> (B, 1, F, 1, ...)."""

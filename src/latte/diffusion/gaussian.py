@@ -141,6 +141,12 @@ class GaussianDiffusion(Objective):
         t = self.sample_timesteps(clips, generator, device=device, power=power)  # (clips,)
         return t[:, None].expand(clips, frames)
 
+    def held_out_times(self, count: int) -> torch.Tensor:
+        """Timesteps at the midpoints of min(count, T) equal buckets of 0..T-1: T = 1000 and count 10
+        give 50, 150, ..., 950."""
+        n = min(count, self.num_timesteps)
+        return ((torch.arange(n, dtype=torch.float64) + 0.5) * self.num_timesteps / n).long()  # (n,)
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The network embeds the integer timestep itself."""
         return t

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from latte.errors import LatteError
+
 
 def is_per_clip(t: torch.Tensor) -> bool:
     """Whether (B,) or (B, F) times are one per clip by construction: (B,), one column, or a broadcast
@@ -79,6 +81,13 @@ class Objective(ABC):
     def scheduler_settings(self, sampler: str) -> dict:
         """The diffusers scheduler settings that describe the trained model (noise schedule, prediction
         type, variance) for `sampler`; latte.diffusion.samplers adds the sampler's own."""
+
+    def held_out_times(self, count: int) -> torch.Tensor:
+        """(n,) times, n <= count, for the held-out loss (latte.train.heldout): the midpoints of n equal
+        buckets that span the objective's whole time range, from least to most noise, each as
+        `draw_times` would give it for one clip (same dtype and units). n is below count only where the
+        range holds fewer distinct times. A fixed grid, so evaluations differ only by the weights."""
+        raise LatteError(f"objective {self.name} defines no held-out times: set train.eval_every=0")
 
     @abstractmethod
     def sampler_takes_variance(self, sampler: str) -> bool:

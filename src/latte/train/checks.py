@@ -13,6 +13,7 @@ import torch
 
 from latte.config import PARALLEL_MODES, Config, DataSection, DiffusionSection, ModelSection, read_config
 from latte.devices import PRECISIONS
+from latte.diffusion.objective import Objective
 from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
@@ -101,6 +102,7 @@ def validate(config: Config) -> None:
     if not 0 <= config.optim.decay_steps <= config.train.max_steps:
         raise LatteError(f"optim.decay_steps must be in [0, train.max_steps={config.train.max_steps}], "
                          f"got {config.optim.decay_steps}")
+    check_held_out(config)
     check_model_shape(config)
 
 
@@ -117,6 +119,22 @@ def check_objective_keys(config: Config, objective) -> None:
     if config.model.learn_sigma and not objective.learns_variance:
         raise LatteError(f"model.learn_sigma applies to diffusion.objective=ddpm only: a {objective.name} model "
                          "learns no variance; set model.learn_sigma=false")
+
+
+def held_out_refusal(config: Config) -> str | None:
+    """Why this config cannot have a held-out loss (train.eval_every > 0), or None when it can."""
+    if config.data.cache:
+        return ("train.eval_every needs clips the run does not train on, and a latent cache has no held-out "
+                "slice yet: set train.eval_every=0 or train on the data folder")
+    if objective_class(config.diffusion.objective).held_out_times is Objective.held_out_times:
+        return f"diffusion.objective {config.diffusion.objective} defines no held-out times: set train.eval_every=0"
+    return None
+
+
+def check_held_out(config: Config) -> None:
+    reason = held_out_refusal(config) if config.train.eval_every else None
+    if reason:
+        raise LatteError(reason)
 
 
 INF = float("inf")
@@ -155,6 +173,8 @@ RANGES = {
     ("train", "keep_checkpoints"): (1, INF, False, False),
     ("train", "log_every"): (1, INF, False, False),
     ("train", "sample_every"): (0, INF, False, False),
+    ("train", "eval_every"): (0, INF, False, False),
+    ("train", "eval_clips"): (1, INF, False, False),
     ("train", "peak_tflops"): (0, INF, True, True),
     ("sample", "num_videos"): (1, INF, False, False),
     ("sample", "steps"): (1, INF, False, False),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
-from latte.train import distributed, finetune, mfu, parallelize
+from latte.train import distributed, finetune, heldout, mfu, parallelize
 from latte.devices import pick_device
 from latte.train.build import build_training_data, dataset_num_classes, make_model_config
 from latte.checkpoint_files import list_checkpoints, load_checkpoint, save_checkpoint
@@ -69,6 +69,8 @@ class Trainer:
         self.noise = torch.Generator(self.device).manual_seed(t.seed + 1)
 
         self.dataset, self.vae, self.encode_batches = build_training_data(config)
+        # train.eval_every: held-out clips (a folder's slice leaves the training data here, on every rank)
+        held_out_clips, self.held_out_taken = heldout.split_off(config, self.dataset)
         self.vae_spec = self.vae.spec if self.vae is not None else "none"
         if len(self.dataset) < 1:
             raise LatteError("the dataset has no clips")
@@ -114,6 +116,7 @@ class Trainer:
                                            fused=not t.fsdp_cpu_offload)  # one kernel, CPU too (3.5x the loop on Latte-S/2)
         self.first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every loss finite so far
         self.step = 0
+        self.held_out = heldout.HeldOut(self, held_out_clips) if held_out_clips is not None and self.dist.main else None
         self._resume()
 
     def _cached_text_check(self, first: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -176,7 +179,8 @@ class Trainer:
                 "optimizer": parallelize.optimizer_state(self.model, self.optimizer), **self.tuning.checkpoint_extra(),
                 "step": self.step, "samples_seen": self.step * self.config.train.batch_size,
                 "config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
-                "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None)},
+                "dataset": {"num_classes": self.num_classes, "class_names": getattr(self.dataset, "class_names", None),
+                            "held_out_clips": self.held_out_taken},
                 "rng": rng_state(self.noise), "world_size": self.dist.world, "vae": self.vae_spec}
 
     def _resume(self) -> None:
@@ -188,6 +192,10 @@ class Trainer:
             raise LatteError(f"{self.output} holds a run of another config ({'; '.join(diffs[:3])}); "
                              "use another --output-dir or the same settings")
         self.tuning.check_resume(state)
+        taken = state["dataset"].get("held_out_clips", 0)  # checkpoints from before the key: none
+        if taken != self.held_out_taken:
+            raise LatteError(f"{self.output} trained with {taken} clips of the folder held out, this run holds out "
+                             f"{self.held_out_taken} (train.eval_every, train.eval_clips): use the run's settings")
         self.tuning.load_weights(self.model, state["model"], parallelize.load_model_state)
         self.tuning.load_weights(self.ema, state["ema"], parallelize.load_model_state)
         parallelize.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
@@ -213,6 +221,12 @@ class Trainer:
             yield
         finally:
             self.ema = sharded
+
+    def evaluate_held_out(self) -> dict | None:
+        """The held-out loss of the EMA model (latte.train.heldout) on rank 0; every rank must enter
+        (FSDP gathers the EMA weights); None on the other ranks."""
+        with self.gathered_ema():
+            return self.held_out(self.ema) if self.dist.main else None
 
     def save(self) -> Path | None:
         state = self._state() if self.dist.main or self.sharded else None  # FSDP: every rank joins the gathers
@@ -340,16 +354,24 @@ class Trainer:
                 loss, grad_norm = self.train_step(loader)
                 window_loss = window_loss + loss  # on the device: read on log steps only
                 window_steps += 1
-                log_now = self.step % t_cfg.log_every == 0 or self.step == t_cfg.max_steps
-                save_now = self.step % t_cfg.checkpoint_every == 0 or self.step == t_cfg.max_steps
-                if log_now or save_now:
+                last = self.step == t_cfg.max_steps
+                log_now = self.step % t_cfg.log_every == 0 or last
+                save_now = self.step % t_cfg.checkpoint_every == 0 or last
+                eval_now = t_cfg.eval_every and (self.step % t_cfg.eval_every == 0 or last)
+                if log_now or save_now or eval_now:
                     self.check_finite()
+                held = self.evaluate_held_out() if eval_now else None  # None on ranks other than 0
+                if held:
+                    window_start += held["heldout_seconds"]  # not counted in the training throughput
+                    self.log(f"step {self.step}: held-out loss {held['heldout_loss']:.4f}, "
+                             f"mse {held['heldout_mse']:.4f} ({held['heldout_seconds']:.1f} s)")
+                    self._write_held_out(held, writer, None if log_now else metrics)
                 if log_now:
                     elapsed = time.perf_counter() - window_start
                     clips = window_steps * t_cfg.batch_size / elapsed
                     record = {"step": self.step, "loss": float(window_loss) / window_steps, "grad_norm": float(grad_norm),
                               "lr": self.optimizer.param_groups[0]["lr"], "clips_per_s": clips,
-                              "tokens_per_s": clips * tokens_per_clip, "time": time.time()}
+                              "tokens_per_s": clips * tokens_per_clip, "time": time.time(), **(held or {})}
                     if peak:
                         record["mfu"] = mfu.utilisation(flops_per_clip, clips, peak)
                     if self.device.type == "cuda":
@@ -379,6 +401,18 @@ class Trainer:
             if writer:
                 writer.close()
         return last_saved
+
+    def _write_held_out(self, held: dict, writer, metrics) -> None:
+        """TensorBoard scalars of a held-out evaluation, and its own metrics.jsonl record when `metrics` is
+        given (on a log step the log record carries it instead)."""
+        if writer:
+            for name in ("loss", "mse"):
+                writer.add_scalar(f"heldout/{name}", held[f"heldout_{name}"], self.step)
+                for key, value in held[f"heldout_{name}_by_t"].items():
+                    writer.add_scalar(f"heldout_{name}_by_t/{key}", value, self.step)
+        if metrics:
+            metrics.write(json.dumps({"step": self.step, **held, "time": time.time()}) + "\n")
+            metrics.flush()
 
     def _tensorboard(self):
         if not self.dist.main:
