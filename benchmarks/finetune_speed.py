@@ -60,6 +60,7 @@ def build(args):
 
 def run_mode(args) -> dict:
     from latte.diffusion import GaussianDiffusion
+    from latte.train import ema as ema_module
     from latte.train import finetune
 
     torch.manual_seed(0)
@@ -68,8 +69,8 @@ def run_mode(args) -> dict:
                               lora_alpha=None, lora_dropout=0.0, lora_targets=None)
     finetune.apply_trainable(model, section)
     trained = [p for p in model.parameters() if p.requires_grad]
-    ema = finetune.make_ema(model)
-    pairs = finetune.ema_pairs(model, ema)
+    ema = ema_module.make_ema(model)
+    pairs = ema_module.ema_pairs(model, ema)
     optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=x.is_cuda)
     diffusion = GaussianDiffusion(learn_sigma=model.config.learn_sigma)
     cuda = x.is_cuda

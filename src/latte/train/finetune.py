@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
@@ -124,18 +123,6 @@ def apply_trainable(model: nn.Module, section) -> dict | None:
     return None
 
 
-def make_ema(model: nn.Module) -> nn.Module:
-    """EMA copy of the model whose frozen parameters are the model's own tensors (never copied)."""
-    shared = {id(p): p for p in model.parameters() if not p.requires_grad}
-    return copy.deepcopy(model, memo=shared).requires_grad_(False).eval()
-
-
-def ema_pairs(model: nn.Module, ema: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (ema, trained) parameter pairs the EMA update walks, matched by name."""
-    own = dict(model.named_parameters())
-    return [(p, own[n]) for n, p in ema.named_parameters() if own[n].requires_grad]
-
-
 class Tuning:
     """Applies model.trainable to a model, and saves/loads what a checkpoint of such a run holds."""
 
@@ -156,9 +143,6 @@ class Tuning:
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
-
-    def make_ema(self, model: nn.Module) -> nn.Module:
-        return make_ema(model)
 
     def select(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What a checkpoint stores of a module's full state dict: adapters only for LoRA, else all of it."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
-from latte.train import distributed, finetune, heldout, mfu, parallelize
+from latte.train import distributed, ema, finetune, heldout, mfu, parallelize
 from latte.devices import pick_device
 from latte.train.build import build_training_data, dataset_num_classes, make_model_config
 from latte.checkpoint_files import list_checkpoints, load_checkpoint, save_checkpoint
@@ -100,7 +100,7 @@ class Trainer:
             report = init_from_pixart(self.model, config.model.init_from_pixart)
             self.log(f"init from PixArt-alpha {config.model.init_from_pixart}: {report.summary()}")
         self.tuning = finetune.Tuning(config.model, self.model, source, self.log)  # model.trainable applied
-        self.ema = self.tuning.make_ema(self.model)  # frozen parameters are shared, not copied
+        self.ema = ema.make_ema(self.model)  # frozen parameters are shared, not copied
         # the objective (latte.diffusion.objective): training times, corruption, loss, sampler settings
         self.diffusion = make_objective(config.diffusion, self.model_config.learn_sigma,
                                         self.model_config.tokens_per_clip).to(self.device)
@@ -109,7 +109,7 @@ class Trainer:
         self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
                                            grad_checkpointing=config.model.grad_checkpointing, bf16=mp == "bf16")
         self.sharded = parallelize.is_sharded(self.model)  # FSDP: state dicts are gathered by every rank
-        self.ema_pairs = finetune.ema_pairs(self.model, self.ema)  # after FSDP, which replaces parameters
+        self.ema_pairs = ema.ema_pairs(self.model, self.ema)  # after FSDP, which replaces parameters
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.tuning.parameters(self.model), lr=o.lr, betas=(o.beta1, o.beta2),
                                            weight_decay=o.weight_decay,
@@ -324,14 +324,10 @@ class Trainer:
             where = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written"
             raise LatteError(f"loss became non-finite at step {bad}; stopped ({where})")
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.config.train.ema_decay
-        if self.config.train.ema_warmup:  # the first steps' weights (near the zero init) fade out quickly
-            decay = min(decay, (1 + self.step) / (10 + self.step))
-        # one fused kernel over the trained tensors (this rank's shards under FSDP)
-        ema, trained = zip(*self.ema_pairs)
-        torch._foreach_lerp_(parallelize.local(ema), parallelize.local(trained), 1.0 - decay)
+        averaged, trained = zip(*self.ema_pairs)
+        ema.update(parallelize.local(averaged), parallelize.local(trained),
+                   ema.decay_at(self.step, self.config.train.ema_decay, self.config.train.ema_warmup))
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, on_sample=None) -> Path | None:
