@@ -21,7 +21,7 @@ from latte.models import create_model, export_diffusers_transformer
 from latte.checkpoint_files import list_checkpoints
 from latte.config import Config
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 from latte.video_io import write_mp4
 
 TINY = ["train.device=cpu", "data.num_workers=0", "train.max_steps=1", "train.checkpoint_every=1"]

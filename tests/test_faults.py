@@ -19,7 +19,7 @@ from latte.cli import main
 from latte.files import LOCK_NAME, FolderLock
 from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 from latte.video_io import write_mp4
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

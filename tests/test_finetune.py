@@ -13,7 +13,7 @@ from latte.models import create_model, export_diffusers_transformer, load_diffus
 from latte.train import finetune
 from latte.checkpoint_files import atomic_save, list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 from latte.train.trainer import Trainer
 
 TINY = ["train.device=cpu", "data.num_workers=0"]

@@ -14,7 +14,7 @@ from latte.errors import LatteError
 from latte.train import trainer as trainer_module
 from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 
 FLOW = ["train.device=cpu", "data.num_workers=0", "diffusion.objective=flow", "model.learn_sigma=false",
         "sample.sampler=euler"]

@@ -12,7 +12,7 @@ from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.train import heldout
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 from latte.train.trainer import Trainer
 
 TINY = ["train.device=cpu", "data.num_workers=0", "train.eval_clips=6"]

@@ -18,7 +18,7 @@ from latte.model_sources import run_model
 from latte.models import create_model, export_diffusers_transformer
 from latte.sampling import SampleRequest, generate
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 
 TINY = ["train.device=cpu", "data.num_workers=0"]
 SRC = Path(__file__).resolve().parent.parent / "src"

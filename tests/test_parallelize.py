@@ -18,7 +18,7 @@ from latte.models.conditioning import AdaLNContext, SingleContext, TokenContext
 from latte.sampling import generate
 from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import sample_request, train
+from latte.train.run import sample_request, train
 from latte.train import mfu, parallelize
 from latte.train.parallelize import checkpoint_blocks
 

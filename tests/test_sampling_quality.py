@@ -9,7 +9,7 @@ import torch
 
 from latte.metrics.evaluate import Detector
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sampling_quality  # noqa: E402

@@ -252,7 +252,7 @@ def test_sample_cli_takes_the_new_samplers_cache_and_precision(tmp_path, capsys)
     import numpy as np
 
     from latte.cli import main
-    from latte.train.loop import train
+    from latte.train.run import train
     from test_train import tiny_config
 
     train(tiny_config(tmp_path / "run", "train.max_steps=1"), write_samples_at_end=False)

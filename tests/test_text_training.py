@@ -19,7 +19,7 @@ from latte.sampling import SampleRequest, generate
 from latte.text_encoder import TextEncoder, drop_captions, minilm_folder
 from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 from latte.train.trainer import Trainer
 
 CAPTION = re.compile(r"the digit \d (moves (up|down|to the (upper |lower )?(left|right))|stays still)")

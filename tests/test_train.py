@@ -15,7 +15,7 @@ from latte.errors import LatteError
 from latte.train import trainer as trainer_module
 from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
-from latte.train.loop import train
+from latte.train.run import train
 
 TINY = ["train.device=cpu", "data.num_workers=0"]
 

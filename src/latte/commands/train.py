@@ -45,7 +45,7 @@ def run(args) -> int:
         return 0
     # local: the trainer imports torch.distributed's tensor parallel code (seconds), and cli.py imports every
     # command module to build `latte --help`
-    from latte.train.loop import train
+    from latte.train.run import train
 
     train(config, write_samples_at_end=not args.no_samples)
     return 0

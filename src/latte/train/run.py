@@ -1,4 +1,5 @@
-"""`train(config)`: set up, print the resolved config, train, and write sample videos at the end."""
+"""One training run, `train(config)`: set up, print the resolved config, train (Trainer.fit), and write
+sample videos at the end."""
 from __future__ import annotations
 
 import contextlib
