@@ -96,8 +96,8 @@ def main() -> None:
         for _ in range(2):  # warm-up
             step(run_ours), step(run_theirs)
         for _ in range(args.repeats):  # interleaved so drift hits both alike
-            times["ours"].append(timed(lambda: step(run_ours), args.device))
-            times["diffusers"].append(timed(lambda: step(run_theirs), args.device))
+            times["ours"].append(timed(lambda step=step: step(run_ours), args.device))
+            times["diffusers"].append(timed(lambda step=step: step(run_theirs), args.device))
         ours_ms, theirs_ms = (1000 * statistics.median(times[k]) for k in ("ours", "diffusers"))
         print(f"{phase:>17}: ours {ours_ms:9.1f} ms   diffusers {theirs_ms:9.1f} ms   "
               f"diffusers/ours = {theirs_ms / ours_ms:.2f}x  (median of {args.repeats})")

@@ -17,8 +17,8 @@ import argparse
 import torch
 
 from latte.diffusion import sample
-from latte.inference import load_run
 from latte.host_memory import keep_freed_memory
+from latte.inference import load_run
 from latte.sampling import initial_noise
 
 

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from failures import one_line, show_traceback  # benchmarks/failures.py, beside this file
 from model_speed import build_diffusers  # benchmarks/model_speed.py, beside this file
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from test_vae import save_tiny_vae
 
+from latte.checkpoint_files import list_checkpoints
 from latte.cli import build_parser, main
-from latte.inference import load_for_sampling
+from latte.config import Config
 from latte.errors import LatteError
 from latte.files import check_output_folder, record_dependency
+from latte.inference import load_for_sampling
 from latte.models import create_model, export_diffusers_transformer
-from latte.checkpoint_files import list_checkpoints
-from latte.config import Config
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.video_io import write_mp4

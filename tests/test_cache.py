@@ -7,8 +7,10 @@ import pickle
 
 import pytest
 import torch
-from test_data_video import one_thread  # noqa: F401  (autouse fixture)
-from test_data_video import write_video
+from test_data_video import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    write_video,
+)
 from test_vae import save_tiny_vae
 
 from latte.data import build_dataset

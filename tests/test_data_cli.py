@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_video import one_thread  # noqa: F401  (autouse fixture)
-from test_data_video import write_video
+from test_data_video import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    write_video,
+)
 from test_vae import save_tiny_vae
 
 from latte.cli import main

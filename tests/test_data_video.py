@@ -14,8 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from latte.data.video import (VideoReadError, center_crop_resize, frame_files, frames_to_clip, probe, read_frames,
-                              resize_center_crop)
+from latte.data.video import (
+    VideoReadError,
+    center_crop_resize,
+    frame_files,
+    frames_to_clip,
+    probe,
+    read_frames,
+    resize_center_crop,
+)
 
 HEIGHT, WIDTH = 48, 64
 

@@ -61,7 +61,9 @@ def test_decoder_nll_at_t0_matches_a_hand_computed_gaussian_bin():
     x = torch.tensor([0.0])
     mean, log_scale = torch.tensor([0.01]), torch.tensor([math.log(0.05)])
     ll = discretized_gaussian_log_likelihood(x, mean, log_scale)
-    cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+    def cdf(z):
+        return 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+
     expected = math.log(cdf((0 - 0.01 + 1 / 255) / 0.05) - cdf((0 - 0.01 - 1 / 255) / 0.05))
     assert ll.item() == pytest.approx(expected, rel=1e-5)
     diffusion = GaussianDiffusion()
@@ -71,7 +73,9 @@ def test_decoder_nll_at_t0_matches_a_hand_computed_gaussian_bin():
 
 def test_hybrid_loss_parts_and_learned_sigma_off():
     x0, t = torch.randn(2, 1, 2, 4, 4), torch.tensor([5, 700])
-    model = lambda x, t: torch.cat([torch.zeros_like(x), torch.zeros_like(x)], dim=1)
+    def model(x, t):
+        return torch.cat([torch.zeros_like(x), torch.zeros_like(x)], dim=1)
+
     losses = GaussianDiffusion().training_losses(model, x0, t, noise=torch.ones_like(x0))
     torch.testing.assert_close(losses["mse"], torch.ones(2))
     torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
@@ -83,7 +87,9 @@ def test_loss_goes_down_fitting_a_tiny_model():
     torch.manual_seed(0)
     x0 = torch.rand(4, 1, 2, 4, 4) * 2 - 1
     net = torch.nn.Sequential(torch.nn.Linear(33, 64), torch.nn.SiLU(), torch.nn.Linear(64, 32))
-    model = lambda x, t: net(torch.cat([x.flatten(1), t[:, None].float() / 1000], 1)).view_as(x)
+    def model(x, t):
+        return net(torch.cat([x.flatten(1), t[:, None].float() / 1000], 1)).view_as(x)
+
     diffusion = GaussianDiffusion(learn_sigma=False)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     first = last = None
@@ -186,7 +192,7 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_predict
         a = diffusion.alphas_cumprod[t].float().sqrt().view(-1, 1, 1, 1, 1)
         s = (1 - diffusion.alphas_cumprod[t].float()).sqrt().view(-1, 1, 1, 1, 1)
 
-        def model_fn(x_t, t_):  # the guess in this prediction's parametrisation
+        def model_fn(x_t, t_, a=a, s=s, prediction=prediction):  # the guess in this prediction's parametrisation
             eps = (x_t - a * guess) / s
             return {"epsilon": eps, "x0": guess, "v": a * eps - s * guess}[prediction]
 

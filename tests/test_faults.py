@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.cli import main
 from latte.files import LOCK_NAME, FolderLock
-from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.video_io import write_mp4

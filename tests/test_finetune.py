@@ -5,13 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from latte.checkpoint_files import atomic_save, list_checkpoints, load_checkpoint
 from latte.cli import main
+from latte.errors import LatteError
 from latte.inference import load_for_sampling
 from latte.model_sources import build_network, run_model
-from latte.errors import LatteError
-from latte.models import create_model, export_diffusers_transformer, load_diffusers_transformer, load_official_checkpoint
+from latte.models import (
+    create_model,
+    export_diffusers_transformer,
+    load_diffusers_transformer,
+    load_official_checkpoint,
+)
 from latte.train import finetune
-from latte.checkpoint_files import atomic_save, list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.train.trainer import Trainer

@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
+from latte.checkpoint_files import load_checkpoint
 from latte.cli import main
 from latte.diffusion import GaussianDiffusion, make_objective, sample
 from latte.diffusion.flow import RectifiedFlow, resolution_shift, shift_time
 from latte.diffusion.objective import is_per_clip
 from latte.errors import LatteError
 from latte.train import trainer as trainer_module
-from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
 from latte.train.run import train
 
@@ -204,7 +204,6 @@ def test_flow_config_errors_are_one_line(overrides, message):
 
 def test_convert_to_diffusers_writes_the_flow_scheduler_config(tmp_path):
     import diffusers
-
     from test_finetune import text_config
 
     run = tmp_path / "run"

@@ -13,9 +13,18 @@ from PIL import Image
 from latte.errors import LatteError
 from latte.metrics import ClipProtocol, RunningStats, frechet_distance, inception_score
 from latte.metrics.clips import GeneratedClips, RealVideoClips
-from latte.metrics.i3d import (InceptionI3d, MaxPool3dSame, Unit3D, convert_i3d_checkpoint, i3d_preprocess,
-                               i3d_weights_path, load_i3d, read_i3d_checkpoint, same_padding,
-                               symmetric_padding)
+from latte.metrics.i3d import (
+    InceptionI3d,
+    MaxPool3dSame,
+    Unit3D,
+    convert_i3d_checkpoint,
+    i3d_preprocess,
+    i3d_weights_path,
+    load_i3d,
+    read_i3d_checkpoint,
+    same_padding,
+    symmetric_padding,
+)
 from latte.metrics.inception import resize_bilinear_tf1
 from latte.metrics.stats import FrechetToRows
 from latte.metrics.videos import count_frames, read_frames, resize_center_crop

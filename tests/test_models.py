@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from official_reference import official_forward
 
 from latte.errors import LatteError
-from latte.models import (build_model, create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config)
+from latte.models import build_model, create_model, forward_flops, init_from_dit, load_official_checkpoint, model_config
 from latte.models.blocks import LatteBlock
 from latte.models.conditioning import AdaLNContext
 from latte.models.layers import Attention, rope_table, sincos_1d, sincos_2d
 from latte.train.parallelize import checkpoint_blocks
-from official_reference import official_forward
 
 OPTIONS = list(itertools.product((1, 2, 3, 4), ("frame", "tubelet"), ("adaln", "tokens"), ("absolute", "rope")))
 

@@ -91,8 +91,8 @@ def test_clips_without_bounces_cross_in_a_straight_line_named_by_their_caption()
 
 
 def test_speed_and_bounce_reach_the_dataset_from_the_training_config():
-    from latte.train.checks import load_config
     from latte.train.build import build_training_data
+    from latte.train.checks import load_config
 
     config = load_config("moving-mnist-text", None, ["data.mnist_bounce=false", "data.mnist_max_speed=2",
                                                      "data.mnist_min_speed=1"])

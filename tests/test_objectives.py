@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from latte.config import DiffusionSection
 from latte.diffusion import OBJECTIVES, SAMPLERS, GaussianDiffusion, Objective, make_objective
 from latte.diffusion.objective import is_per_clip
 from latte.errors import LatteError
-from latte.config import DiffusionSection
 from latte.train.checks import load_config
 
 

@@ -12,15 +12,15 @@ import time
 import pytest
 import torch
 
+from latte.checkpoint_files import load_checkpoint
 from latte.models import build_model, create_model, forward_flops
 from latte.models.blocks import LatteBlock
 from latte.models.conditioning import AdaLNContext, SingleContext, TokenContext
 from latte.sampling import generate
-from latte.checkpoint_files import load_checkpoint
-from latte.train.checks import load_config
-from latte.train.run import sample_request, train
 from latte.train import mfu, parallelize
+from latte.train.checks import load_config
 from latte.train.parallelize import checkpoint_blocks
+from latte.train.run import sample_request, train
 
 TINY = ["train.device=cpu", "data.num_workers=0"]
 

@@ -172,7 +172,10 @@ def test_pab_reuses_each_kind_on_its_own_interval_inside_its_range_only():
 def test_sample_tells_each_steps_host_timestep_before_its_model_call(sampler):
     diffusion = GaussianDiffusion(prediction="x0", learn_sigma=False)
     events = []
-    model = lambda x, t, **_: events.append(("model", t.tolist())) or torch.zeros_like(x)
+    def model(x, t, **_):
+        events.append(("model", t.tolist()))
+        return torch.zeros_like(x)
+
     sample(model, (2, 1, 3, 4, 4), diffusion, sampler, steps=5, progress=False,
            on_step=lambda timestep: events.append(("step", timestep)))
     schedule = [float(t) for t in diffusion_scheduler_timesteps(diffusion, sampler, 5)]
@@ -250,10 +253,10 @@ def test_bf16_eval_detectors_run_under_autocast_and_keep_their_own_cache_entries
 
 def test_sample_cli_takes_the_new_samplers_cache_and_precision(tmp_path, capsys):
     import numpy as np
+    from test_train import tiny_config
 
     from latte.cli import main
     from latte.train.run import train
-    from test_train import tiny_config
 
     train(tiny_config(tmp_path / "run", "train.max_steps=1"), write_samples_at_end=False)
     common = ["sample", "--checkpoint", str(tmp_path / "run"), "--num-videos", "2", "--steps", "4", "--device", "cpu"]

@@ -7,7 +7,13 @@ import torch
 from diffusers import LatteTransformer3DModel, PixArtTransformer2DModel
 
 from latte.errors import LatteError
-from latte.models import ModelConfig, create_model, export_diffusers_transformer, init_from_pixart, load_diffusers_transformer
+from latte.models import (
+    ModelConfig,
+    create_model,
+    export_diffusers_transformer,
+    init_from_pixart,
+    load_diffusers_transformer,
+)
 from latte.models.diffusers_interop import config_to_diffusers, to_diffusers_state_dict
 from latte.train.parallelize import checkpoint_blocks
 
@@ -285,8 +291,8 @@ def test_convert_cli_round_trips_a_diffusers_folder(tmp_path):
 def test_a_text_checkpoint_written_before_the_backbones_were_one_still_loads(tmp_path):
     """Text runs saved `spatial_blocks.i` / `temporal_blocks.i` and a T2VConfig (num_layers, sample_size,
     out_channels); they load into the one backbone with equal outputs."""
-    from latte.models import build_model
     from latte.checkpoint_files import load_checkpoint
+    from latte.models import build_model
 
     model = tiny().eval()
     legacy = {}

@@ -11,13 +11,13 @@ import pytest
 import torch
 from test_vae import save_tiny_vae
 
+from latte.checkpoint_files import load_checkpoint
 from latte.cli import main
 from latte.data.cache import CacheSettings, LatentCacheDataset, encode_dataset
 from latte.data.manifest import read_manifest
 from latte.errors import LatteError
 from latte.sampling import SampleRequest, generate
 from latte.text_encoder import TextEncoder, drop_captions, minilm_folder
-from latte.checkpoint_files import load_checkpoint
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.train.trainer import Trainer

@@ -9,11 +9,11 @@ import av
 import pytest
 import torch
 
+from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.cli import main
 from latte.diffusion import GaussianDiffusion
 from latte.errors import LatteError
 from latte.train import trainer as trainer_module
-from latte.checkpoint_files import list_checkpoints, load_checkpoint
 from latte.train.checks import load_config
 from latte.train.run import train
 

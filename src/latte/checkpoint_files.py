@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from latte.errors import LatteError
-from latte.files import DiskFullError, atomic_torch_save, atomic_write_text, record_dependency, recorded_dependency, remove_stale_temps
+from latte.files import (
+    DiskFullError,
+    atomic_torch_save,
+    atomic_write_text,
+    record_dependency,
+    recorded_dependency,
+    remove_stale_temps,
+)
 from latte.models import upgrade_state_dict
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
@@ -92,7 +99,7 @@ def load_checkpoint(path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise LatteError(f"cannot read checkpoint {path} (cut short, or not a torch file?): {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(state, dict) or "model_config" not in state or "config" not in state:
         raise LatteError(f"{path} is not a latte training checkpoint (for official weights use `latte convert`)")
     for key in ("model", "ema"):  # text runs saved before the backbones were one

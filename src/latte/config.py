@@ -249,9 +249,9 @@ def read_yaml(path: Path, what: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
-        raise LatteError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a YAML file")
+        raise LatteError(f"{what} {path} is not UTF-8 text (byte {exc.start}): give a YAML file") from exc
     except yaml.YAMLError as exc:
-        raise LatteError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        raise LatteError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     return data
 
 

@@ -326,7 +326,7 @@ class FolderLock:
         self.folder, self.command = Path(folder), command
         self.handle, self.created = None, False
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         self.created = not self.folder.exists()
         make_folder(self.folder, "output folder")
         path = self.folder / LOCK_NAME
@@ -341,7 +341,7 @@ class FolderLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise LatteError(f"{self.folder} is in use by {holder}: wait for it to finish or use another folder")
+                raise LatteError(f"{self.folder} is in use by {holder}: wait for it to finish or use another folder") from exc
             try:  # the holder we waited on may have removed the file on release: lock the file that is there
                 if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                     break
@@ -366,7 +366,7 @@ class FolderLock:
         self.handle.close()
         self.handle = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

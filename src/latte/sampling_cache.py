@@ -55,7 +55,7 @@ class PABSettings:
     cross: Broadcast = field(default_factory=lambda: Broadcast(6, 100, 900))
 
     @classmethod
-    def parse(cls, spec: str | None, num_timesteps: int | None = None) -> "PABSettings":
+    def parse(cls, spec: str | None, num_timesteps: int | None = None) -> PABSettings:
         """'' or None: defaults; else comma-separated KIND=INTERVAL[@LO-HI], e.g. "spatial=2,temporal=4@100-800".
         A range given must lie in the model's timesteps 0..num_timesteps-1 (when known)."""
         settings = {k: getattr(cls(), k) for k in KINDS}
@@ -147,7 +147,7 @@ class PABCache:
 
         return forward
 
-    def __enter__(self) -> "PABCache":
+    def __enter__(self) -> PABCache:
         for kind, module in self.modules:
             if "forward" in module.__dict__:
                 raise LatteError("attention modules are already wrapped by another cache")

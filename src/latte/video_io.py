@@ -121,4 +121,4 @@ def read_video(path) -> np.ndarray:
         with av.open(str(path)) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     except (av.error.FFmpegError, ValueError) as exc:
-        raise LatteError(f"cannot decode video {path}: {exc}")
+        raise LatteError(f"cannot decode video {path}: {exc}") from exc

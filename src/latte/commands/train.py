@@ -6,6 +6,7 @@ import argparse
 from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
 from latte.train.checks import load_config
 
+
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model (default: the built-in Moving MNIST preset)",

@@ -31,8 +31,16 @@ from tqdm import tqdm
 from latte.data.datasets import keyed_generator, other_clip, randint
 from latte.devices import pick_device
 from latte.errors import LatteError
-from latte.files import (CACHE_FORMAT, CACHE_MANIFEST, LOCK_NAME, FolderLock, atomic_path, atomic_write_text,
-                         check_output_folder, remove_stale_temps)
+from latte.files import (
+    CACHE_FORMAT,
+    CACHE_MANIFEST,
+    LOCK_NAME,
+    FolderLock,
+    atomic_path,
+    atomic_write_text,
+    check_output_folder,
+    remove_stale_temps,
+)
 
 MANIFEST = CACHE_MANIFEST  # latte.files knows a cache by it: nothing but `latte encode` writes into one
 EMPTY_TEXT = "empty-text.safetensors"

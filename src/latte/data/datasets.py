@@ -21,8 +21,16 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from latte.data.video import (VideoReadError, as_size, find_frame_folders, find_video_files, frames_to_clip,
-                              is_video_file, probe, read_frames)
+from latte.data.video import (
+    VideoReadError,
+    as_size,
+    find_frame_folders,
+    find_video_files,
+    frames_to_clip,
+    is_video_file,
+    probe,
+    read_frames,
+)
 from latte.errors import LatteError
 
 log = logging.getLogger("latte.data")

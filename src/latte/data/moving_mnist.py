@@ -51,7 +51,7 @@ def load_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
         with opener(path, "rt") as handle:
             table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
     except (OSError, ValueError, EOFError) as exc:
-        raise LatteError(f"cannot read MNIST csv {path}: {str(exc).splitlines()[0]}")
+        raise LatteError(f"cannot read MNIST csv {path}: {str(exc).splitlines()[0]}") from exc
     if table.ndim != 2 or table.shape[1] != 785:
         raise LatteError(f"MNIST csv {path} has {table.shape[-1]} columns, expected 785 (784 pixels + label)")
     return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784]

@@ -82,13 +82,13 @@ class RectifiedFlow(Objective):
             self.shift = time_shift
 
     @classmethod
-    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> "RectifiedFlow":
+    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> RectifiedFlow:
         if learn_sigma:
             raise LatteError("model.learn_sigma applies to diffusion.objective=ddpm only: a flow model predicts a "
                              "velocity and no variance; set model.learn_sigma=false")
         return cls(tokens_per_clip=tokens_per_clip, **{key: settings[key] for key in SETTINGS if key in settings})
 
-    def to(self, device) -> "RectifiedFlow":
+    def to(self, device) -> RectifiedFlow:
         """No tables: times are computed where they are used."""
         return self
 

@@ -103,10 +103,10 @@ class GaussianDiffusion(Objective):
                              f"{settings['beta_end']}")
 
     @classmethod
-    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> "GaussianDiffusion":
+    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> GaussianDiffusion:
         return cls(learn_sigma=learn_sigma, **{key: settings[key] for key in SETTINGS if key in settings})
 
-    def to(self, device) -> "GaussianDiffusion":
+    def to(self, device) -> GaussianDiffusion:
         """Move every table to `device` once (in place), so no step copies them."""
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):

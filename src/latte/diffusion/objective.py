@@ -43,16 +43,16 @@ class Objective(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> "Objective":
+    def from_settings(cls, settings: dict, learn_sigma: bool, tokens_per_clip: int | None = None) -> Objective:
         """Built from a config's diffusion section as a dict (keys it lacks take their defaults), for a model
         of `tokens_per_clip` tokens (None: not known; an objective whose settings need it says so)."""
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional: an objective whose keys combine freely needs no more checks
     def check_settings(cls, settings: dict) -> None:
         """One-line LatteErrors for combinations of its config keys that choices and ranges cannot catch."""
 
     @abstractmethod
-    def to(self, device) -> "Objective":
+    def to(self, device) -> Objective:
         """Its tables moved to `device` once (in place)."""
 
     @abstractmethod

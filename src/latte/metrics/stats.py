@@ -43,7 +43,7 @@ class RunningStats:
             raise ValueError(f"covariance of {self.count} rows with ddof={ddof} is undefined")
         return self.scatter / (self.count - ddof)
 
-    def gaussian(self) -> "Gaussian":
+    def gaussian(self) -> Gaussian:
         return Gaussian(self.mean.copy(), self.covariance(), self.count)
 
 

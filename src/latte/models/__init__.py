@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from latte.models.checkpoints import (TransferReport, copy_matching, infer_config, init_from_dit,
-                                      load_official_checkpoint, read_state_dict, upgrade_state_dict)
+from latte.models.checkpoints import (
+    TransferReport,
+    copy_matching,
+    infer_config,
+    init_from_dit,
+    load_official_checkpoint,
+    read_state_dict,
+    upgrade_state_dict,
+)
 from latte.models.config import MODEL_NAMES, SIZES, TEXT_MODELS, ModelConfig, model_config
 from latte.models.diffusers_interop import export_diffusers_transformer, init_from_pixart, load_diffusers_transformer
 from latte.models.latte import Latte

@@ -28,7 +28,7 @@ def read_state_dict(source, *, what: str = "checkpoint") -> dict[str, torch.Tens
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt file, not a torch pickle, ...
-            raise LatteError(f"cannot read {what} {os.fspath(source)}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            raise LatteError(f"cannot read {what} {os.fspath(source)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(source, dict):
         raise LatteError(f"{what} holds a {type(source).__name__}, not a state dict")
     for wrapper in ("ema", "model", "state_dict"):

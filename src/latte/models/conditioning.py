@@ -51,7 +51,7 @@ class Modulation(NamedTuple):
     scale_tmsa: torch.Tensor | None = None
     gate_tmsa: torch.Tensor | None = None
 
-    def first(self, frames: int) -> "Modulation":
+    def first(self, frames: int) -> Modulation:
         """The terms of the first `frames` token frames (the video part)."""
         return Modulation(*[None if m is None else m[:, :frames] for m in self])
 

@@ -149,7 +149,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         if "num_layers" in data:  # a text model config written before the backbones were one (T2VConfig)
             data = upgrade_text_config(data)
         # configs written before issue 28 stored the training switch grad_checkpointing as architecture;

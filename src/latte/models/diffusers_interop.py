@@ -117,7 +117,7 @@ def read_diffusers_config(folder) -> dict:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise LatteError(f"cannot read {folder / 'config.json'}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        raise LatteError(f"cannot read {folder / 'config.json'}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(config, dict):
         raise LatteError(f"{folder / 'config.json'} does not hold a JSON object")
     return config
@@ -130,7 +130,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a tensor file, ...
-        raise LatteError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        raise LatteError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def read_diffusers_weights(folder, variant: str | None = None) -> dict[str, torch.Tensor]:
@@ -147,7 +147,7 @@ def read_diffusers_weights(folder, variant: str | None = None) -> dict[str, torc
         try:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as exc:
-            raise LatteError(f"cannot read shard index {path}: {type(exc).__name__}: {exc}")
+            raise LatteError(f"cannot read shard index {path}: {type(exc).__name__}: {exc}") from exc
         state = {}
         for shard in shards:
             state.update(_load_file(folder / shard))

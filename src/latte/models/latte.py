@@ -19,8 +19,15 @@ from latte.errors import LatteError
 from latte.models.blocks import LatteBlock, block_kinds, layer_norm, with_images
 from latte.models.conditioning import CONDITIONERS, Context
 from latte.models.config import ModelConfig
-from latte.models.layers import (CrossAttention, LabelEmbedder, TimestepEmbedder, modulate, rope_table, sincos_1d,
-                                 sincos_2d)
+from latte.models.layers import (
+    CrossAttention,
+    LabelEmbedder,
+    TimestepEmbedder,
+    modulate,
+    rope_table,
+    sincos_1d,
+    sincos_2d,
+)
 
 
 class PatchEmbed(nn.Module):

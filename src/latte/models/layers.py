@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------------------------
 # Fixed position embeddings (MAE-style sin-cos, computed in float64 as the official code does; built
 # once per size, when a model is made or a new size first arrives, never per step)

@@ -22,6 +22,7 @@ from latte.train.build import make_model_config
 from latte.train.finetune import validate_finetune
 from latte.vae import check_vae_spec
 
+
 def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
     """Defaults <- preset <- config file <- --set overrides (latte.config.read_config), then checked."""
     config = read_config(preset, config_file, overrides)

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from latte.checkpoint_files import tidy_run_folder
+from latte.config import Config
 from latte.files import FolderLock, atomic_write_text, check_output_folder
 from latte.sampling import SampleRequest, generate
 from latte.train import distributed
-from latte.checkpoint_files import tidy_run_folder
-from latte.config import Config
 from latte.train.trainer import Trainer, describe
 
 
@@ -62,7 +62,9 @@ def _train(config: Config, write_samples_at_end: bool, log) -> Trainer:
         atomic_write_text(trainer.output / "config.yaml", config.to_yaml(), "run config")
         log("resolved config:\n" + "\n".join("  " + line for line in config.to_yaml().splitlines()))
         log(describe(trainer))
-    interim = (lambda tr: log(f"samples at step {tr.step}: {write_samples(tr, f'step_{tr.step:07d}')[0]}"))
+    def interim(tr: Trainer) -> None:
+        log(f"samples at step {tr.step}: {write_samples(tr, f'step_{tr.step:07d}')[0]}")
+
     try:
         checkpoint = trainer.fit(on_sample=interim)
         if checkpoint:

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from latte.checkpoint_files import list_checkpoints, load_checkpoint, save_checkpoint
+from latte.config import Config, resume_differences
+from latte.devices import pick_device
+from latte.diffusion import make_objective
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.train import distributed, ema, finetune, heldout, mfu, parallelize
-from latte.devices import pick_device
 from latte.train.build import build_training_data, dataset_num_classes, make_model_config
-from latte.checkpoint_files import list_checkpoints, load_checkpoint, save_checkpoint
-from latte.config import Config, resume_differences
-from latte.diffusion import make_objective
 
 
 def rng_state(noise: torch.Generator) -> dict:
