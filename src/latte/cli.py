@@ -16,6 +16,11 @@ import re
 import sys
 import traceback
 
+from latte import __version__
+from latte.errors import LatteError
+from latte.files import disk_full
+from latte.host_memory import keep_freed_memory
+
 # name -> module; kept in the order `latte --help` lists them.
 COMMANDS = {
     "train": "latte.commands.train",
@@ -46,8 +51,6 @@ class Parser(argparse.ArgumentParser):
 
 def check_floats(args: argparse.Namespace) -> None:
     """Every float option of every command is a finite number (argparse's float() takes nan and inf)."""
-    from latte.errors import LatteError
-
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise LatteError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -58,8 +61,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         prog="latte",
         description="Latte: latent diffusion transformer for video generation.",
     )
-    from latte import __version__
-
     parser.add_argument("--version", action="version", version=f"latte {__version__}")
     parser.add_argument("--traceback", action="store_true",
                         help="print the full trace of errors (also LATTE_DEBUG=1)")
@@ -87,9 +88,6 @@ def one_line(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from latte.errors import LatteError
-    from latte.files import disk_full
-
     parser, modules = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -101,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.traceback or os.environ.get("LATTE_DEBUG", "") not in ("", "0")
-    from latte.host_memory import keep_freed_memory
-
     keep_freed_memory()  # CPU tensors reuse freed heap memory instead of faulting in fresh pages
     try:
         check_floats(args)

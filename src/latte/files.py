@@ -100,7 +100,7 @@ def atomic_write_text(path, text: str, what: str = "file") -> Path:
 
 
 def atomic_torch_save(obj, path, what: str = "checkpoint") -> Path:
-    import torch
+    import torch  # local: files.py stays torch-free (~2 s): cli.py and light modules import it at startup
 
     with atomic_path(path, what) as tmp:
         with open(tmp, "wb") as handle:

@@ -16,6 +16,7 @@ from latte.devices import PRECISIONS
 from latte.diffusion import sample as diffusion_sample
 from latte.errors import LatteError
 from latte.models import Latte
+from latte.sampling_cache import PABCache, PABSettings
 
 
 @dataclass
@@ -53,8 +54,6 @@ def check_speed_options(request: SampleRequest, num_timesteps: int | None = None
     if request.cache not in (None, "none", "pab"):
         raise LatteError(f"cache must be 'pab' or none, got {request.cache!r}")
     if request.cache == "pab":
-        from latte.sampling_cache import PABSettings
-
         PABSettings.parse(request.cache_options, num_timesteps)
     elif request.cache_options:
         raise LatteError("--cache-options apply to --cache pab only")
@@ -68,8 +67,6 @@ def sampling_context(model, request: SampleRequest, device):
                                        enabled=request.precision == "bf16"))
     model_fn = model
     if request.cache == "pab":
-        from latte.sampling_cache import PABCache, PABSettings
-
         model_fn = stack.enter_context(PABCache(model, PABSettings.parse(request.cache_options)))
     return stack, model_fn
 

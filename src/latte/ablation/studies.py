@@ -12,6 +12,7 @@ from pathlib import Path
 
 from latte.config import Config
 from latte.errors import LatteError
+from latte.models.config import SIZES, parse_model_name
 
 STUDIES = ("variant", "patch-embed", "conditioning", "temporal-pos", "init", "joint", "size")
 NAMED_SIZES = ("S", "B", "L", "XL")
@@ -68,8 +69,6 @@ def custom_study(spec: str, name: str | None = None) -> Study:
 def size_options(spec: str | None, config: Config) -> list[Option]:
     """Named registry sizes (S,B,L,XL at the config's patch size) or WIDTHxDEPTH pairs that keep the
     config's head size (CPU-sized studies)."""
-    from latte.models.config import SIZES, parse_model_name
-
     items = [s.strip() for s in (spec or ",".join(NAMED_SIZES)).split(",") if s.strip()]
     m = config.model
     try:

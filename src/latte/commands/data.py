@@ -9,9 +9,16 @@ the shape of one clip, and writes a filmstrip (a row per sample, a column per fr
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
+import numpy as np
+
 from latte.cli_arguments import add_dataset_arguments, dataset_keywords
+from latte.data import build_dataset
+from latte.errors import LatteError
+from latte.files import check_output_file
+from latte.video_io import to_uint8, write_filmstrip_png
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -38,8 +45,6 @@ def _relative(path: str, root) -> str:
 
 def describe(dataset, name: str, show_skipped: int = 50) -> list[str]:
     """The report lines of `latte data inspect`."""
-    import numpy as np
-
     root = getattr(dataset, "root", None)
     o = dataset.options
     lines = [f"dataset {name}" + (f" at {root}" if root is not None else " (built in)"),
@@ -70,10 +75,6 @@ def describe(dataset, name: str, show_skipped: int = 50) -> list[str]:
 
 
 def write_filmstrip(dataset, path: str, samples: int) -> Path:
-    import numpy as np
-
-    from latte.video_io import to_uint8, write_filmstrip_png
-
     count = max(1, min(samples, len(dataset)))
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
     videos = np.stack([to_uint8(dataset.load_clip(i)["video"]) for i in picks])  # (N, F, H, W, 3)
@@ -81,12 +82,6 @@ def write_filmstrip(dataset, path: str, samples: int) -> Path:
 
 
 def run(args) -> int:
-    import logging
-
-    from latte.data import build_dataset
-    from latte.errors import LatteError
-    from latte.files import check_output_file
-
     if args.filmstrip:
         if Path(args.filmstrip).suffix.lower() != ".png":
             raise LatteError(f"--filmstrip writes a PNG image: give a .png file, got {args.filmstrip}")

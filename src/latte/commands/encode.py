@@ -16,6 +16,7 @@ import argparse
 import os
 
 from latte.cli_arguments import add_dataset_arguments, dataset_keywords
+from latte.data.cache import CacheSettings, encode_dataset
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -47,8 +48,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from latte.data.cache import CacheSettings, encode_dataset
-
     settings = CacheSettings(dataset=args.dataset, root=args.root, vae=args.vae, options=dataset_keywords(args),
                              crops_per_video=args.crops_per_video, mirrored=args.flip, shard_size=args.shard_size,
                              dtype=args.dtype, store_std=not args.no_std, text_encoder=args.text_encoder,

@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from latte.devices import PRECISIONS
+from latte.devices import PRECISIONS, pick_device
 from latte.errors import LatteError
+from latte.files import check_output_file
+from latte.metrics.clips import ClipProtocol
+from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, write_report
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -46,17 +49,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from latte.devices import pick_device
-    from latte.metrics.clips import ClipProtocol
-    from latte.metrics.evaluate import METRICS, EvalOptions, evaluate, format_table, write_report
-
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise LatteError(f"--metrics {args.metrics!r}: choose a comma-separated subset of {','.join(METRICS)}")
     if args.output:  # before hours of feature extraction
-        from latte.files import check_output_file
-
         check_output_file(args.output, "report", args.overwrite)
     protocol = ClipProtocol(frames=16, stride=args.stride, resolution=args.resolution,
                             num_clips=args.num_clips, seed=args.seed)

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from latte.errors import LatteError
 from latte.models import MODEL_NAMES, TEXT_MODELS, create_model, forward_flops
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, VARIANTS
 
@@ -36,8 +37,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from latte.errors import LatteError
-
     for flag, value, low in [("--num-frames", args.num_frames, 1), ("--input-size", args.input_size, 1),
                              ("--in-channels", args.in_channels, 1), ("--tubelet-frames", args.tubelet_frames, 1),
                              ("--num-classes", args.num_classes, 0)]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latte.data.builtin import MovingMNISTClips, moving_mnist_options
 from latte.data.datasets import LAYOUTS, OPTION_NAMES, Clip, ClipDataset, ClipOptions
 from latte.errors import LatteError
 
@@ -18,8 +19,6 @@ DEFAULTS = {"moving-mnist": {"resolution": 32, "frame_interval": 1}}
 def dataset_options(name: str) -> tuple[str, ...]:
     """Keyword options build_dataset accepts for `name`."""
     if name == "moving-mnist":
-        from latte.data.builtin import moving_mnist_options
-
         return OPTION_NAMES + moving_mnist_options()
     return OPTION_NAMES + LAYOUTS[name].extra_options
 
@@ -38,8 +37,6 @@ def build_dataset(name: str, root: str | Path | None = None, **options):
     extra = {k: v for k, v in options.items() if k not in OPTION_NAMES}
     clip_options = ClipOptions(**common)
     if key == "moving-mnist":
-        from latte.data.builtin import MovingMNISTClips
-
         return MovingMNISTClips(clip_options, **extra)
     if root is None:
         raise LatteError(f"dataset {key} needs a root folder (--root / data.root)")

@@ -8,13 +8,12 @@ import torch
 from torch.utils.data import Dataset
 
 from latte.data.datasets import ClipOptions, keyed_generator, other_clip, randint
+from latte.data.moving_mnist import MovingMNIST
 from latte.errors import LatteError
 
 
 def moving_mnist_options() -> tuple[str, ...]:
     """MovingMNIST's own keyword arguments that build_dataset passes through (num_digits, split, length ...)."""
-    from latte.data.moving_mnist import MovingMNIST
-
     taken = {"self", "num_frames", "resolution", "seed"}
     return tuple(name for name, p in inspect.signature(MovingMNIST.__init__).parameters.items()
                  if name not in taken and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
@@ -27,8 +26,6 @@ class MovingMNISTClips(Dataset):
     accepts_keys = True  # dataset[(index, draw)]: randomness seeded by (seed, index, draw)
 
     def __init__(self, options: ClipOptions, **extra):
-        from latte.data.moving_mnist import MovingMNIST
-
         if options.resolution[0] != options.resolution[1]:
             raise LatteError(f"moving-mnist is square: resolution {options.resolution} has H != W")
         self.options = options

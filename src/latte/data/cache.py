@@ -28,7 +28,9 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from latte.data.datasets import keyed_generator, other_clip, randint
+from latte.data import DEFAULTS, build_dataset
+from latte.data.datasets import ClipOptions, keyed_generator, other_clip, randint
+from latte.data.video import as_size
 from latte.devices import pick_device
 from latte.errors import LatteError
 from latte.files import (
@@ -41,6 +43,8 @@ from latte.files import (
     check_output_folder,
     remove_stale_temps,
 )
+from latte.text_encoder import TextEncoder, resolve_text_encoder
+from latte.vae import load_vae
 
 MANIFEST = CACHE_MANIFEST  # latte.files knows a cache by it: nothing but `latte encode` writes into one
 EMPTY_TEXT = "empty-text.safetensors"
@@ -66,8 +70,6 @@ class CacheSettings:
 
     def __post_init__(self) -> None:
         if self.text_encoder is not None:
-            from latte.text_encoder import resolve_text_encoder
-
             self.text_encoder = resolve_text_encoder(self.text_encoder)
         if self.dtype not in DTYPES:
             raise LatteError(f"cache dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -82,10 +84,6 @@ class CacheSettings:
         if fixed:
             raise LatteError(f"a cache holds deterministic clips: {', '.join(fixed)} cannot be set "
                              "(mirrored copies: --flip; image frames: images_per_clip when training)")
-        from latte.data import DEFAULTS
-        from latte.data.datasets import ClipOptions
-        from latte.data.video import as_size
-
         defaults = {**asdict(ClipOptions()), **DEFAULTS.get(self.dataset, {})}
         self.options = {k: v for k, v in self.options.items() if v is not None}
         for key in ("num_frames", "frame_interval", "resolution"):  # explicit, so equal settings compare equal
@@ -136,8 +134,6 @@ def _sources(dataset) -> list:
 
 def _plan(settings: CacheSettings) -> tuple:
     """(dataset, entries [(clip index, start, mirrored)], manifest header) of a cache."""
-    from latte.data import build_dataset
-
     dataset = build_dataset(settings.dataset, settings.root, **settings.options, train=False, images_per_clip=0)
     entries = [(i, start, mirrored) for i in range(len(dataset))
                for start in dataset.clip_starts(i, settings.crops_per_video)
@@ -165,8 +161,6 @@ def encode_dataset(output: str | Path, settings: CacheSettings, batch_size: int 
 
 def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str, workers: int, chunk_size: int,
             log) -> Path:
-    from latte.vae import load_vae
-
     previous = read_manifest(output) if (output / MANIFEST).is_file() else None
     if previous is None and any(p.name != LOCK_NAME for p in output.iterdir()):  # the output first
         raise LatteError(f"{output} exists and is not a latent cache: give an empty or new folder")
@@ -188,8 +182,6 @@ def _encode(output: Path, settings: CacheSettings, batch_size: int, device: str,
     if settings.text_encoder:
         if not header["captions"]:
             raise LatteError(f"dataset {settings.dataset} has no captions to encode with --text-encoder")
-        from latte.text_encoder import TextEncoder
-
         text = TextEncoder(settings.text_encoder, settings.text_max_length, device=device)
     latent_shape = list(vae.latent_shape(tuple(header["pixel_shape"])))
     if previous is not None and previous.get("latent_shape") not in (None, latent_shape):

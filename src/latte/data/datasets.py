@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from latte.data.manifest import read_manifest
 from latte.data.video import (
     VideoReadError,
     as_size,
@@ -323,8 +324,6 @@ class CaptionManifest(ClipDataset):
     SUFFIXES = (".csv", ".jsonl", ".json")
 
     def discover(self):
-        from latte.data.manifest import read_manifest
-
         manifest = self.root
         if manifest.is_dir():
             found = sorted(p for p in manifest.iterdir() if p.suffix.lower() in self.SUFFIXES)

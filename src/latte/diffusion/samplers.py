@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from latte.diffusion.objective import Objective
 from latte.errors import LatteError
+from latte.files import atomic_path
 
 # every sampler: its diffusers scheduler and the settings of the algorithm itself (the model's come from
 # the objective's scheduler_settings); an objective lists the ones it supports
@@ -95,7 +97,7 @@ def make_scheduler(objective: Objective, sampler: str, **overrides):
     """The diffusers scheduler of `sampler` for this objective's settings (for DDPM its betas and
     prediction). `overrides` replace scheduler settings (benchmarks/sampling_quality.py compares them);
     unknown ones are errors."""
-    import diffusers
+    import diffusers  # local: ~4 s to import; only the diffusers-scheduler samplers need it
 
     check_sampler(objective, sampler)
     name, own = SCHEDULERS[sampler]
@@ -128,10 +130,6 @@ def write_scheduler_config(objective: Objective, sampler: str, folder) -> None:
     """`folder`/scheduler_config.json: `sampler`'s diffusers scheduler for this objective (for a flow model
     FlowMatchEulerDiscreteScheduler and its kin with the trained shift), which `<its class>.from_pretrained(folder)`
     and `diffusers.SchedulerMixin` loaders read. Written atomically."""
-    from pathlib import Path
-
-    from latte.files import atomic_path
-
     with atomic_path(Path(folder) / "scheduler_config.json") as tmp:
         tmp.write_text(make_scheduler(objective, sampler).to_json_string())
 

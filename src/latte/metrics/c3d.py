@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from latte.errors import LatteError
@@ -117,8 +118,6 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             return state, "mean2.npz"
         return state, ""
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
         return state, path.name if "mean" in state else ""
     try:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from latte import __version__
+from latte.data import build_dataset
 from latte.errors import LatteError
 from latte.metrics.videos import count_frames, find_videos, load_npz_videos, read_frames, resize_center_crop, to_uint8
 
@@ -141,11 +143,6 @@ class DatasetClips(ClipSet):
     """Clips from `latte.data.build_dataset(name, root, ...)` (items: dict "video" float (C, F, H, W) in [-1, 1])."""
 
     def __init__(self, name: str, root: str, protocol: ClipProtocol):
-        try:
-            from latte.data import build_dataset
-        except ImportError:
-            raise LatteError(f"dataset names ({name}:ROOT) need latte.data.build_dataset, which this install lacks: "
-                             f"pass a folder of videos instead") from None
         self.name, self.root, self.protocol = name, Path(root).expanduser(), protocol
         self.source = f"{name}:{self.root.resolve()}"
         try:
@@ -163,8 +160,6 @@ class DatasetClips(ClipSet):
 
     def fingerprint(self) -> dict:
         if getattr(self.dataset, "root", "") is None:  # generated (moving-mnist): ROOT holds none of its data
-            from latte import __version__
-
             return {"kind": "dataset", "name": self.name, "generated": True, "latte": __version__}
         return {"kind": "dataset", "name": self.name, **tree_fingerprint(self.root)}
 

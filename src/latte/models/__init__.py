@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from latte.models.checkpoints import (
     TransferReport,
@@ -51,8 +52,6 @@ def forward_flops(model: Latte | ModelConfig, batch: int = 1, frames: int | None
     plus `num_images` joint-training image frames, counted on the meta device (nothing is computed);
     text models attend to `caption_tokens` caption tokens (120: Latte-1's T5 length), one caption per
     frame group."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     c = model if isinstance(model, ModelConfig) else model.config
     h, w = c.latent_hw if input_size is None else ((input_size,) * 2 if isinstance(input_size, int) else input_size)
     frames = frames or c.num_frames

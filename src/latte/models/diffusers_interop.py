@@ -26,8 +26,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from latte.errors import LatteError
+from latte.files import atomic_path
 from latte.models.checkpoints import TransferReport, copy_matching
 from latte.models.config import ModelConfig
 from latte.models.latte import Latte
@@ -126,7 +128,6 @@ def read_diffusers_config(folder) -> dict:
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a tensor file, ...
@@ -204,7 +205,7 @@ def config_to_diffusers(config: ModelConfig) -> dict:
     if missing:
         raise LatteError(f"diffusers' {LATTE_CLASS} needs {', '.join(missing)}; this model ({config.name or 'latte'}) "
                          "has another design")
-    import diffusers
+    import diffusers  # local: ~4 s to import; only loading into diffusers needs it
 
     return {
         "_class_name": LATTE_CLASS, "_diffusers_version": diffusers.__version__,
@@ -243,10 +244,6 @@ def export_diffusers_transformer(model: Latte, folder) -> Path:
     """Write `config.json` + `diffusion_pytorch_model.safetensors` so that
     `diffusers.LatteTransformer3DModel.from_pretrained(folder)` (and so `LattePipeline`) loads the model.
     Each file is written atomically, weights first: a folder with a config is complete."""
-    from safetensors.torch import save_file
-
-    from latte.video_io import atomic_path
-
     config = config_to_diffusers(model.config)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

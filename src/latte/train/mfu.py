@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from latte.models import forward_flops
+
 # Dense (no sparsity) bf16 peaks, TFLOP/s, from NVIDIA's datasheets; the first whose words all occur
 # in torch.cuda.get_device_name() applies (SXM figures, except the H100 PCIe and the H200 NVL).
 PEAK_TFLOPS = (("H200 NVL", 835.5), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0))
@@ -35,8 +37,6 @@ def utilisation(forward_flops_per_clip: float, clips_per_s: float, peak: float) 
 def train_flops_per_clip(trainer) -> int:
     """Forward FLOPs of one training clip (video frames, joint-training images, label or caption), counted
     on the meta device: nothing is computed or allocated."""
-    from latte.models import forward_flops
-
     text = trainer.text_encoder
     return forward_flops(trainer.model_config, num_images=trainer.config.data.images_per_clip,
                          caption_tokens=text.max_length if text is not None else 0)

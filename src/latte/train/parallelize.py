@@ -21,7 +21,9 @@ import types
 
 import torch
 import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from latte.models import compile_blocks
@@ -45,8 +47,7 @@ def checkpoint_blocks(model: nn.Module) -> None:
 
 
 def _fsdp_kwargs(device: torch.device, world: int, bf16: bool, cpu_offload: bool) -> dict:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy  # local: FSDP runs only
 
     return {"mesh": init_device_mesh(device.type, (world,)),
             # inputs are left alone: autocast (on with bf16) casts per op, and float64 rope angles stay exact
@@ -67,10 +68,8 @@ def parallelize(model: nn.Module, ema: nn.Module, train, device: torch.device, d
     if not dist.enabled:
         return model
     if train.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # local: ~50 ms to import, and only FSDP runs need it
 
     for module in (model, ema):  # each rank initialised its own copy: shard rank 0's (DDP broadcasts it itself)
         for tensor in [*module.parameters(), *module.buffers()]:
@@ -119,6 +118,7 @@ def full_value(value: torch.Tensor) -> torch.Tensor:
 
 # -- checkpoints: full state dicts on rank 0 (collectives: every rank calls these under FSDP) --------
 def _options(**extra):
+    # local (here and below): ~70 ms to import, and only sharded (FSDP) models need it
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, **extra)

@@ -13,6 +13,7 @@ from latte.files import FolderLock, atomic_write_text, check_output_folder
 from latte.sampling import SampleRequest, generate
 from latte.train import distributed
 from latte.train.trainer import Trainer, describe
+from latte.video_io import save_videos
 
 
 def sample_request(config: Config, num_videos: int | None = None, prompts: list[str] | None = None) -> SampleRequest:
@@ -32,8 +33,6 @@ def sample_prompts(trainer: Trainer) -> list[str] | None:
 def write_samples(trainer: Trainer, name: str, formats=(".png",)) -> list[Path]:
     """EMA samples of the current model into <output>/samples/<name>.<format> (text models: their prompts
     in <name>.txt, one line per video)."""
-    from latte.video_io import save_videos
-
     prompts = sample_prompts(trainer)
     videos, _ = generate(trainer.ema, trainer.diffusion, sample_request(trainer.config, prompts=prompts),
                          vae=trainer.vae, device=trainer.device, progress=False, text_encoder=trainer.text_encoder)

@@ -23,6 +23,7 @@ from latte.devices import pick_device
 from latte.diffusion import make_objective
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
+from latte.text_encoder import TextEncoder, drop_captions
 from latte.train import distributed, ema, finetune, heldout, mfu, parallelize
 from latte.train.build import build_training_data, dataset_num_classes, make_model_config
 
@@ -78,8 +79,6 @@ class Trainer:
         probe = self._latents(first)[0][0][:, :config.data.num_frames]  # (C, F, H, W) as the model sees it
         self.text_encoder = None
         if config.model.text_encoder:
-            from latte.text_encoder import TextEncoder
-
             if "captions" not in first:
                 raise LatteError(f"dataset {config.data.dataset} has no captions: a text-to-video model trains on "
                                  "captions (datasets captions, moving-mnist, or a latent cache of them)")
@@ -262,8 +261,6 @@ class Trainer:
             if drop is not None:
                 kwargs["drop_labels"] = drop.to(self.device)
             return kwargs
-        from latte.text_encoder import drop_captions
-
         if "text" in batch:  # embeddings from the latent cache; dropped captions take the empty prompt's
             empty_hidden, empty_mask = self.empty_text
             keep = ~drop[..., None]  # (B, G, 1)
@@ -414,7 +411,7 @@ class Trainer:
         if not self.dist.main:
             return None
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # local: ~0.3 s to import; rank 0 only, may be absent
         except ImportError:  # tensorboard is optional at run time
             return None
         return SummaryWriter(str(self.output / "tensorboard"))
