@@ -12,7 +12,8 @@ the upper left"): 10 x 8 = 80 prompts, each sampled --per-prompt times. Each sam
 The same two readings of real held-out clips against their own captions give the ceilings.
 
 Before sampling it also asks whether the model uses each part of the caption at high noise, where
-the layout of a sample is decided: the x0 error on real held-out clips noised to --probe-t with their
+the layout of a sample is decided: the x0 error on real held-out clips noised --probe-noise of the way to pure noise
+(0.9: DDPM step 900 of 1000, flow t = 0.9) with their
 own caption, with the same digit moving the opposite way, with another digit moving the same way, and
 with the empty prompt. The error of the best predictors that know only the direction (the clip mean
 of each direction) or only the digit, against the overall mean, shows how much each part can gain.
@@ -42,11 +43,12 @@ OPPOSITE = {d: DIRECTIONS[(DIRECTIONS.index(d) + 4) % len(DIRECTIONS)] for d in 
 
 
 @torch.no_grad()
-def caption_use(model, diffusion, text_encoder, items: list[dict], t: int, seed: int) -> dict[str, float]:
-    """x0 mean squared error of clips noised to step t under four captions (see the module text)."""
+def caption_use(model, objective, text_encoder, items: list[dict], noise_level: float, seed: int) -> dict[str, float]:
+    """x0 mean squared error of clips noised `noise_level` of the way to pure noise (objective.time_at)
+    under four captions (see the module text)."""
     x0 = torch.stack([it["video"] for it in items])  # (N, C, F, H, W)
-    steps = torch.full((len(items),), t)
-    x_t = diffusion.q_sample(x0, steps, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)))
+    steps = torch.full((len(items),), objective.time_at(noise_level))  # (N,)
+    x_t = objective.corrupt(x0, steps, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)))
     captions = {
         "own caption": [it["caption"] for it in items],
         "opposite direction": [caption_of(it["label"], OPPOSITE[it["direction"]]) for it in items],
@@ -56,8 +58,9 @@ def caption_use(model, diffusion, text_encoder, items: list[dict], t: int, seed:
     errors = {}
     for name, texts in captions.items():
         hidden, mask = text_encoder(texts)
-        out = model(x_t, steps, encoder_hidden_states=hidden, encoder_attention_mask=mask)[:, :x0.shape[1]]
-        errors[name] = float(((diffusion.predict_x0(x_t, steps, out) - x0) ** 2).mean())
+        out = model(x_t, objective.model_time(steps), encoder_hidden_states=hidden,
+                    encoder_attention_mask=mask)[:, :x0.shape[1]]
+        errors[name] = float(((objective.predict_x0(x_t, steps, out) - x0) ** 2).mean())
     return errors
 
 
@@ -91,7 +94,8 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=None, help="default: the run's sample.cfg_scale")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--probe-t", type=int, default=900, help="timestep of the caption-use probe")
+    parser.add_argument("--probe-noise", type=float, default=0.9,
+                        help="noise level of the caption-use probe, 0 clean to 1 pure noise")
     parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA weights")
     args = parser.parse_args()
 
@@ -112,10 +116,10 @@ def main() -> None:
     real_digit = (majority_digits(net, real_videos) == torch.tensor([it["label"] for it in items])).float().mean()
     real_direction = sum(d == it["direction"] for d, it in zip(directions(real_videos), items)) / len(items)
 
-    probe = caption_use(model, diffusion, text_encoder, items[:200], args.probe_t, args.seed)
+    probe = caption_use(model, diffusion, text_encoder, items[:200], args.probe_noise, args.seed)
     best = group_mean_errors([MovingMNIST(num_frames=frames, resolution=size, length=2000, seed=5,
                                           **config.data.mnist_kwargs())[i] for i in range(2000)])
-    print(f"x0 error of 200 real clips at t={args.probe_t}: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
+    print(f"x0 error of 200 real clips at t={diffusion.time_at(args.probe_noise)}: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
     print("best predictors of 2000 real clips (no noise information): "
           + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
 

@@ -228,3 +228,14 @@ def test_a_flow_run_records_its_held_out_loss_on_the_unshifted_grid(tmp_path):
     held = [r for r in records if "heldout_loss" in r]
     assert [r["step"] for r in held] == [1, 2]
     assert len(held[-1]["heldout_loss_by_t"]) == 10 and all(math.isfinite(v) for v in held[-1]["heldout_loss_by_t"].values())
+
+
+def test_each_objective_reads_x0_back_from_its_own_target_at_a_noise_level():
+    gen = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(2, 1, 3, 4, 4, generator=gen), torch.randn(2, 1, 3, 4, 4, generator=gen)
+    flow, ddpm = RectifiedFlow(), GaussianDiffusion(prediction="epsilon", learn_sigma=False)
+    assert flow.time_at(0.9) == 0.9 and ddpm.time_at(0.9) == 900 and ddpm.time_at(1.0) == 999
+    for objective, target in ((flow, noise - x0), (ddpm, noise)):
+        t = torch.full((2,), objective.time_at(0.9))
+        x_t = objective.corrupt(x0, t, noise)
+        torch.testing.assert_close(objective.predict_x0(x_t, t, target), x0, rtol=1e-4, atol=1e-4)

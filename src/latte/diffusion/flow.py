@@ -124,6 +124,14 @@ class RectifiedFlow(Objective):
         t = self._at(t, x0)
         return (1 - t) * x0 + t * noise
 
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x0 = x_t - t v: the velocity v = noise - x0 points from the clean clip to the noise."""
+        return x_t - self._at(t, x_t) * prediction
+
+    def time_at(self, fraction: float) -> float:
+        """t itself: 0 is clean, 1 pure noise."""
+        return float(fraction)
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """t scaled to the timestep embedder's range: t * num_timesteps."""
         return t * self.num_timesteps

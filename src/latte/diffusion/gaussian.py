@@ -181,6 +181,10 @@ class GaussianDiffusion(Objective):
             return x0
         return self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
+    def time_at(self, fraction: float) -> int:
+        """The integer timestep round(fraction * T), at most T - 1: 0.9 of T = 1000 is 900."""
+        return min(int(round(fraction * self.num_timesteps)), self.num_timesteps - 1)
+
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         a, s = self._at(self.sqrt_alphas_cumprod, t, x_t), self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         if self.prediction == "epsilon":

@@ -70,6 +70,14 @@ class Objective(ABC):
         (None: all of them)."""
 
     @abstractmethod
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The clean clip that the network's `prediction` (its first C channels) at x_t and times t implies."""
+
+    @abstractmethod
+    def time_at(self, fraction: float):
+        """The time `fraction` of the way from clean (0) to pure noise (1), in this objective's units."""
+
+    @abstractmethod
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The number the network embeds for times t (same shape)."""
 
