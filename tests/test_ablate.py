@@ -151,3 +151,19 @@ def test_report_gives_the_held_out_loss_per_option_with_its_seed_spread(tmp_path
     row = next(line for line in report.splitlines() if line.startswith("| `lr-1e-3` |"))
     assert row.split(" | ")[-3].count(" ± ") == 1  # mean ± std over the two seeds
     assert "- held-out loss (lower is better): " in report and "comparable only between options of one" in report
+
+
+def test_objective_study_trains_and_reads_each_recipe(tmp_path, capsys):
+    args = ["ablate", "--study", "objective", *FAST_EVAL, "--max-steps", "2", "--eval-every", "2",
+            "--metrics", "mnist", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    study = tmp_path / "objective"
+    runs = {r["option"]: r for r in results_of(study)}
+    assert set(runs) == {"ddpm-eps-learned", "ddpm-x0-minsnr", "flow-uniform", "flow-logit-normal"}
+    assert all(r["status"] == "done" for r in runs.values())
+    report = (study / "report.md").read_text()
+    assert "| `flow-logit-normal` |" in report and "not comparable across objectives" in report
+    for name in runs:
+        config = (study / f"{name}-seed0" / "config.yaml").read_text()
+        assert ("objective: flow" in config) == name.startswith("flow")
+        assert ("sampler: euler" in config) == name.startswith("flow")
