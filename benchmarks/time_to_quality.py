@@ -95,7 +95,7 @@ def recipe_config(args, recipe: Recipe) -> Config:
     base = [] if recipe.base == "preset" else next(o.overrides for o in objective_options(common)
                                                    if o.name == recipe.base)
     config = load_config(args.preset, None, [*args.set, *base, *recipe.overrides])
-    check_demo_kind(load_config(args.preset, None, []), config, recipe)
+    check_demo_kind(common, config, recipe)
     t = config.train
     t.output_dir = str(Path(args.output) / recipe.label)
     if not any(o.startswith("train.max_steps=") for o in recipe.overrides):
@@ -107,12 +107,13 @@ def recipe_config(args, recipe: Recipe) -> Config:
     return config
 
 
-def check_demo_kind(preset: Config, config: Config, recipe: Recipe) -> None:
-    """The demo stays a video of today's kind: the preset's frame size and digit motion, at least its frames."""
-    p, d = preset.data, config.data
+def check_demo_kind(common: Config, config: Config, recipe: Recipe) -> None:
+    """The demo stays a video of today's kind: a recipe keeps the frame size and digit motion of --preset and
+    --set, and at least their frames."""
+    p, d = common.data, config.data
     if d.resolution != p.resolution or d.num_frames < p.num_frames or d.mnist_kwargs() != p.mnist_kwargs():
         raise LatteError(f"recipe {recipe.label}: the demo stays a video of today's kind (at least {p.num_frames} "
-                         f"frames of {p.resolution}x{p.resolution}, the preset's digit motion {p.mnist_kwargs()})")
+                         f"frames of {p.resolution}x{p.resolution}, the digit motion {p.mnist_kwargs()})")
 
 
 def settings_signature(args, recipe: Recipe) -> dict:
