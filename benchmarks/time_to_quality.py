@@ -191,6 +191,7 @@ def run_recipe(args, recipe: Recipe, log=print) -> dict:
     if (last["step"] if last else 0) != trainer.step:
         raise LatteError(f"{run_dir}: its latest checkpoint is at step {trainer.step}, its last mark at step "
                          f"{last['step'] if last else 0}: delete the folder to run the recipe again")
+    reader_start = time.perf_counter()  # a text run trains or loads the classifier here: not on the clock
     if trainer.text_encoder is not None:
         clips = len(DIRECTIONS) * 10 * args.per_prompt
         reader = TextReader(config, args.per_prompt, args.classifier_seconds, args.cache_dir)
@@ -215,7 +216,7 @@ def run_recipe(args, recipe: Recipe, log=print) -> dict:
         finish_mark(last)
     # the clock: fresh runs count building the trainer; resumed ones go on from their last mark
     clock = {"offset": last["wall_seconds"] if last else 0.0, "start": time.perf_counter() if last else started,
-             "excluded": 0.0}
+             "excluded": 0.0 if last else time.perf_counter() - reader_start}
 
     def new_mark(wall: float, stopped_early: bool = False) -> None:
         mark = {"mark": len(marks) + 1, "wall_seconds": wall, "step": trainer.step,
