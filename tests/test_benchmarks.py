@@ -1,5 +1,6 @@
 """The training benchmarks that benchmarks/gpu_checks.sh runs, on tiny CPU sizes: each prints its rows
 from real runs (figures mean nothing here; that the paths run and report does)."""
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -114,3 +116,48 @@ def test_the_direction_probe_fails_a_text_run_that_ignores_the_direction(tmp_pat
     rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)$", proc.stdout, re.M)
     assert [int(step) for step, *_ in rows] == [2], proc.stdout
     assert "IGNORES the caption's direction" in proc.stdout and str(run_dir) in proc.stdout
+
+
+def test_time_to_quality_reads_each_recipe_at_its_marks_draws_the_figure_and_resumes(tmp_path):
+    """Two tiny recipes for 3 s each, read at 2 marks: a row per recipe and mark; a rerun skips finished
+    recipes; a recipe stopped after its first mark continues from it."""
+    out, figure = tmp_path / "out", tmp_path / "ttq.png"
+    args = ("--preset", "tiny-test", "--set", "train.device=cpu", "--set", "data.num_workers=0",
+            "--recipe", "preset", "--recipe", "flow-uniform", "--minutes", "0.05", "--marks", "2", "--per-class", "1",
+            "--classifier-seconds", "1", "--cache-dir", str(tmp_path / "cache"), "--output", str(out),
+            "--figure", str(figure))
+    first = run("time_to_quality.py", *args)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["recipe"], r["mark"]) for r in rows] == [("preset", 1), ("preset", 2), ("flow-uniform", 1),
+                                                        ("flow-uniform", 2)], first
+    for r in rows:
+        assert r["clips"] == 10 and 0 <= r["clip_agreement"] <= 1 and r["jitter_px"] >= 0, r
+        assert r["heldout_loss"] > 0 and r["step"] >= 1 and Path(r["checkpoint"]).is_file(), r
+    for recipe in ("preset", "flow-uniform"):
+        marks = [r for r in rows if r["recipe"] == recipe]
+        assert marks[0]["wall_seconds"] < marks[1]["wall_seconds"] and marks[1]["wall_seconds"] >= 3.0, marks
+        assert marks[0]["step"] < marks[1]["step"], marks
+    flow_config = yaml.safe_load((out / "flow-uniform" / "config.yaml").read_text())
+    assert flow_config["diffusion"]["objective"] == "flow" and flow_config["sample"]["sampler"] == "euler"
+    assert figure.stat().st_size > 10_000 and re.search(r"^flow-uniform\s+2\s+", first, re.M), first
+
+    figure.unlink()
+    again = run("time_to_quality.py", *args)
+    assert "[preset] finished earlier: skipped" in again and "[flow-uniform] finished earlier: skipped" in again
+    assert figure.is_file()
+
+    # flow-uniform stopped after its first mark: its second mark and checkpoint gone, not done
+    state_file = out / "flow-uniform" / "marks.json"
+    state = json.loads(state_file.read_text())
+    Path(state["marks"].pop()["checkpoint"]).unlink()
+    del state["status"]
+    state_file.write_text(json.dumps(state))
+    resumed = run("time_to_quality.py", *args)
+    assert "[preset] finished earlier: skipped" in resumed and "[flow-uniform] finished" not in resumed, resumed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    flow = [r for r in rows if r["recipe"] == "flow-uniform"]
+    assert [r["mark"] for r in flow] == [1, 2] and flow[1]["step"] > flow[0]["step"], flow
+    assert flow[1]["wall_seconds"] >= 3.0, flow
+
+    plotted = run("time_to_quality.py", "--plot-only", "--output", str(out), "--figure", str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").is_file() and re.search(r"^preset\s+1\s+", plotted, re.M), plotted
