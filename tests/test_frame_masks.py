@@ -3,6 +3,7 @@
 frames, bitwise resume, and samples that hold their given frames exactly."""
 import pytest
 import torch
+from test_text_training import text_config
 
 from latte.checkpoint_files import load_checkpoint
 from latte.config import TrainSection, config_from_dict, resume_differences
@@ -99,9 +100,13 @@ PREFIX_2 = ["train.mask_prefix=1.0", "train.mask_prefix_frames=2"]
 
 
 @pytest.mark.parametrize("overrides", [[*MASKS, "data.images_per_clip=1"], [*MASKS, "model.patch_embed=tubelet"],
-                                       [*MASKS, *FLOW], PREFIX_2])
+                                       [*MASKS, *FLOW, "model.conditioning=tokens", "model.variant=3"], PREFIX_2,
+                                       ["text", *MASKS, "data.images_per_clip=1"]])
 def test_the_trainer_passes_its_masks_to_the_loss(tmp_path, overrides):
-    trainer = Trainer(tiny_config(tmp_path, *overrides))
+    if overrides[0] == "text":  # a text-to-video model (adaLN-single, captions)
+        trainer = Trainer(text_config(tmp_path, *overrides[1:]))
+    else:
+        trainer = Trainer(tiny_config(tmp_path, *overrides))
     seen, losses = [], trainer.diffusion.training_losses
 
     def recording(model_fn, x0, t, **kwargs):
