@@ -132,6 +132,13 @@ class TrainSection:
     sample_every: int = 0  # write a sample filmstrip every N steps (0: only at the end)
     eval_every: int = 0  # held-out loss of the EMA model every N steps and at the end (0: off; latte.train.heldout)
     eval_clips: int = 64  # held-out clips: Moving MNIST's test split, or a folder's slice that then does not train
+    # frame conditioning (latte/train/frame_masks.py): per clip, the chance that these frames are given clean
+    mask_first: float = 0.0  # the first frame (image-to-video)
+    mask_prefix: float = 0.0  # the first k frames (continuation)
+    mask_prefix_frames: int = 0  # k; 0: drawn per clip, uniform in 1 .. frames - 1
+    mask_last: float = 0.0  # the last frame
+    mask_ends: float = 0.0  # the first and the last frame (interpolation)
+    mask_random: float = 0.0  # each frame with probability 1/2, one always generated
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -164,7 +171,8 @@ class Config:
 RESUME_FIXED = {
     "model": None, "diffusion": None, "optim": None,
     "data": ("dataset", "root", "num_frames", "frame_interval", "resolution", "images_per_clip", "vae", "cache"),
-    "train": ("batch_size", "grad_accum", "seed", "ema_decay", "ema_warmup"),
+    "train": ("batch_size", "grad_accum", "seed", "ema_decay", "ema_warmup", "mask_first", "mask_prefix",
+              "mask_prefix_frames", "mask_last", "mask_ends", "mask_random"),
 }
 
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, is_per_clip, masked_frame_mean
+from latte.diffusion.objective import Objective, is_per_clip, keep_given, masked_frame_mean
 from latte.errors import LatteError
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -132,6 +132,10 @@ class RectifiedFlow(Objective):
         """t itself: 0 is clean, 1 pure noise."""
         return float(fraction)
 
+    def clean_time(self) -> float:
+        """t = 0: x_t is x0."""
+        return 0.0
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """t scaled to the timestep embedder's range: t * num_timesteps."""
         return t * self.num_timesteps
@@ -151,16 +155,24 @@ class RectifiedFlow(Objective):
         return False
 
     def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
-                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                        given: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-clip velocity MSE (B,), `loss` = `mse`: || model(x_t, t) - (noise - x0) ||^2, the mean over
-        the frames that count (`mask` (B, F); None: all) of each frame's mean."""
+        the frames that count (`mask` (B, F); None: all) of each frame's mean. Frames `given` (B, F) are clean
+        inputs at t = 0 and do not count."""
         noise = torch.randn_like(x0) if noise is None else noise
+        if given is not None:  # frame conditioning: given frames are clean inputs at the clean time, not scored
+            given = given.to(device=x0.device, dtype=torch.bool)  # (B, F)
+            t = self.with_given(t, given)
+            mask = ~given if mask is None else mask.to(device=x0.device, dtype=torch.bool) & ~given
         if mask is None and is_per_clip(t):
             t = t if t.ndim == 1 else t[:, 0]  # (B,)
         else:
             t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
             mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
         x_t = self.corrupt(x0, t, noise)
+        if given is not None:
+            x_t = keep_given(x_t, x0, given)
         out = model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
         if out.shape[1] != x0.shape[1]:
             raise LatteError(f"a flow model outputs {x0.shape[1]} channels (the velocity), this one {out.shape[1]}")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, is_per_clip, masked_frame_mean
+from latte.diffusion.objective import Objective, is_per_clip, keep_given, masked_frame_mean
 from latte.errors import LatteError
 
 PREDICTIONS = ("epsilon", "v", "x0")
@@ -147,6 +147,10 @@ class GaussianDiffusion(Objective):
         n = min(count, self.num_timesteps)
         return ((torch.arange(n, dtype=torch.float64) + 0.5) * self.num_timesteps / n).long()  # (n,)
 
+    def clean_time(self) -> int:
+        """Timestep 0 (x_0 = sqrt(abar_0) x0 + 0.01 noise: given frames keep x0 itself, `keep_given`)."""
+        return 0
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The network embeds the integer timestep itself."""
         return t
@@ -230,19 +234,26 @@ class GaussianDiffusion(Objective):
         return torch.where(t == 0, nll, kl)
 
     def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
-                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                        given: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-clip losses (B,): `loss` = `mse` (+ `vb` with learned sigma), as Latte trains (MSE, not rescaled);
         with a loss weighting, `loss` holds the weighted MSE and `mse` stays the plain one. Times t (B,) or
         (B, F). Without a `mask`, times one per clip (is_per_clip) take Latte's per-clip computation, bit for
         bit; otherwise each term is the mean over the frames that count (`mask` (B, F); None: all) of its
-        per-frame value."""
+        per-frame value. Frames `given` (B, F) are clean inputs at t = 0 and do not count."""
         noise = torch.randn_like(x0) if noise is None else noise
+        if given is not None:  # frame conditioning: given frames are clean inputs at the clean time, not scored
+            given = given.to(device=x0.device, dtype=torch.bool)  # (B, F)
+            t = self.with_given(t, given)
+            mask = ~given if mask is None else mask.to(device=x0.device, dtype=torch.bool) & ~given
         if mask is None and is_per_clip(t):
             t = t if t.ndim == 1 else t[:, 0]  # (B,)
         else:
             t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
             mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
         x_t = self.q_sample(x0, t, noise)
+        if given is not None:
+            x_t = keep_given(x_t, x0, given)
         out = model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
         channels = x0.shape[1]
         prediction = out[:, :channels]

@@ -29,6 +29,15 @@ def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / keep.sum(dim=1).clamp(min=1).to(values.dtype)
 
 
+def keep_given(x_t: torch.Tensor, x0: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """x_t (B, C, F, ...) with the clean x0 at the given frames (`given` (B, F) bool): those frames are
+    inputs, exactly, whatever the objective's corruption leaves at its clean time (DDPM's t = 0 keeps
+    sqrt(1 - abar_0) = 0.01 of the noise)."""
+    where = given.to(device=x_t.device, dtype=torch.bool)
+    where = where.view(where.shape[0], 1, where.shape[1], *([1] * (x_t.ndim - 3)))  # (B, 1, F, 1, ...)
+    return torch.where(where, x0.to(x_t.dtype), x_t)
+
+
 class Objective(ABC):
     """The interface of a training objective; `latte.diffusion.gaussian.GaussianDiffusion` ("ddpm") is one."""
 
@@ -65,9 +74,20 @@ class Objective(ABC):
 
     @abstractmethod
     def training_losses(self, model_fn, x0: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
-                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                        given: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-clip losses (B,), `loss` the one to minimise; `mask` (B, F) marks the frames that count
-        (None: all of them)."""
+        (None: all of them). `given` (B, F) bool marks frames given clean (frame conditioning): they take
+        the clean time (`with_given`), x_t keeps x0 there (`keep_given`), and they leave the loss."""
+
+    @abstractmethod
+    def clean_time(self):
+        """The time of a clean frame (no noise), in this objective's units: what given frames take."""
+
+    def with_given(self, t: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Times (B,) or (B, F) as (B, F), the clean time at the frames `given` (B, F) marks."""
+        t = (t[:, None] if t.ndim == 1 else t).expand(given.shape)  # (B, F)
+        return torch.where(given.to(device=t.device, dtype=torch.bool), t.new_full((), self.clean_time()), t)
 
     @abstractmethod
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:

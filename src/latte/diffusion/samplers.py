@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from latte.diffusion.objective import Objective
+from latte.diffusion.objective import Objective, keep_given
 from latte.errors import LatteError
 from latte.files import atomic_path
 
@@ -220,19 +220,30 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
            model_kwargs: dict | None = None, uncond_kwargs: dict | None = None,
            generator: torch.Generator | None = None, device="cpu", progress: bool = True,
            noise: torch.Tensor | None = None, scheduler_options: dict | None = None,
-           grid: str = "logsnr", on_step=None) -> torch.Tensor:
+           grid: str = "logsnr", on_step=None, given: torch.Tensor | None = None,
+           given_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
     guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class.
     The model runs in its own dtype; the solver state stays float32. `on_step(timestep)`, when given, hears
-    each step's timestep from the host-side schedule before that step's model call (the PAB cache's at_time)."""
+    each step's timestep from the host-side schedule before that step's model call (the PAB cache's at_time).
+    Frame conditioning: the frames `given_mask` (B, F) marks are the clean clips `given` (B, C, F, H, W) at
+    every step (the objective's clean time, x_t replaced by them), so the result holds them exactly."""
     guided = cfg_scale != 1.0
     if guided and uncond_kwargs is None and (y is None or null_class is None):
         raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
+    if (given is None) != (given_mask is None):
+        raise LatteError("frame conditioning needs both the given clips and their frame mask")
+    if given is not None and (tuple(given.shape) != tuple(shape) or tuple(given_mask.shape) != (shape[0], shape[2])):
+        raise LatteError(f"given clips {tuple(given.shape)} and frame mask {tuple(given_mask.shape)} do not fit "
+                         f"samples of shape {tuple(shape)}")
     scheduler = scheduler_for(objective, sampler, steps, scheduler_options, grid)
     channels = shape[1]
     dtype = next((p.dtype for p in getattr(model_fn, "parameters", lambda: iter(()))()), torch.float32)
     x = torch.randn(shape, generator=generator) if noise is None else noise.clone()
     x = x.to(device).float() * getattr(scheduler, "init_noise_sigma", 1.0)  # the FlowMatch ones start at 1
+    if given is not None:
+        given, given_mask = given.to(device).float(), given_mask.to(device=device, dtype=torch.bool)  # (B, C, F, H, W), (B, F)
+        x = keep_given(x, given, given_mask)
     kwargs = dict(model_kwargs or {})
     if y is not None:
         kwargs["y"] = y
@@ -247,7 +258,10 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress, leave=False):
         if on_step is not None:
             on_step(float(t))  # the schedule lives on the host: no device read
-        t_batch = objective.model_time(objective.step_time(t, (shape[0], shape[2]), device))  # (B, F)
+        t_step = objective.step_time(t, (shape[0], shape[2]), device)  # (B, F)
+        if given is not None:
+            t_step = objective.with_given(t_step, given_mask)
+        t_batch = objective.model_time(t_step)
         x_in = x.to(dtype)
         if guided:
             out = model_fn(torch.cat([x_in, x_in]), torch.cat([t_batch, t_batch]), **kwargs)
@@ -257,4 +271,6 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
         if not objective.sampler_takes_variance(sampler):
             out = out[:, :channels]  # the prediction only
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+        if given is not None:  # the solver moved the given frames too (elementwise: the others do not see it)
+            x = keep_given(x, given, given_mask)
     return x

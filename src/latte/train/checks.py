@@ -18,6 +18,7 @@ from latte.diffusion.objectives import objective_class
 from latte.errors import LatteError
 from latte.models.config import CONDITIONINGS, PATCH_EMBEDS, TEMPORAL_POSITIONS, TEXT_MODELS, VARIANTS
 from latte.text_encoder import resolve_text_encoder
+from latte.train import frame_masks
 from latte.train.build import make_model_config
 from latte.train.finetune import validate_finetune
 from latte.vae import check_vae_spec
@@ -105,6 +106,9 @@ def validate(config: Config) -> None:
                          f"got {config.optim.decay_steps}")
     check_held_out(config)
     check_model_shape(config)
+    unit = config.model.tubelet_frames if config.model.patch_embed == "tubelet" else 1
+    frame_masks.check(config.train, config.data.num_frames, unit,
+                      f"data.num_frames {config.data.num_frames}" + (", model.patch_embed tubelet" if unit > 1 else ""))
 
 
 def check_objective_keys(config: Config, objective) -> None:
@@ -177,6 +181,8 @@ RANGES = {
     ("train", "eval_every"): (0, INF, False, False),
     ("train", "eval_clips"): (1, INF, False, False),
     ("train", "peak_tflops"): (0, INF, True, True),
+    **{("train", key): (0, 1, False, False) for key in frame_masks.KEYS},
+    ("train", "mask_prefix_frames"): (0, INF, False, False),
     ("sample", "num_videos"): (1, INF, False, False),
     ("sample", "steps"): (1, INF, False, False),
     ("sample", "cfg_scale"): (0, INF, False, True),

@@ -24,7 +24,7 @@ from latte.diffusion import make_objective
 from latte.errors import LatteError
 from latte.models import build_model, init_from_dit, init_from_pixart
 from latte.text_encoder import TextEncoder, drop_captions
-from latte.train import distributed, ema, finetune, heldout, mfu, parallelize
+from latte.train import distributed, ema, finetune, frame_masks, heldout, mfu, parallelize
 from latte.train.build import build_training_data, dataset_num_classes, make_model_config
 
 
@@ -103,6 +103,8 @@ class Trainer:
         # the objective (latte.diffusion.objective): training times, corruption, loss, sampler settings
         self.diffusion = make_objective(config.diffusion, self.model_config.learn_sigma,
                                         self.model_config.tokens_per_clip).to(self.device)
+        frame_masks.check(t, probe.shape[1], self.model_config.temporal_stride,  # the model's: model.init_from's too
+                          f"the model's {probe.shape[1]} frames, {self.model_config.temporal_stride} per token")
         mp = t.mixed_precision if t.mixed_precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mp == "bf16")
         self.net = parallelize.parallelize(self.model, self.ema, t, self.device, self.dist,
@@ -247,6 +249,15 @@ class Trainer:
             drop = torch.rand((G, *condition_shape[1:]), generator=self.noise, device=self.device) < p
         return t, noise, drop
 
+    def _draw_given(self, x_shape: torch.Size, num_images: int) -> torch.Tensor | None:
+        """Frame masks (G, F) for the whole global batch, True at frames given clean (latte.train.frame_masks),
+        from the noise stream right after `_draw`; None, drawing nothing, when every train.mask_* is 0."""
+        t = self.config.train
+        if not frame_masks.enabled(t):
+            return None
+        return frame_masks.draw_given(t, t.batch_size, x_shape[2] - num_images, self.model_config.temporal_stride,
+                                      num_images, self.noise, self.device)
+
     def _condition_shape(self, batch: dict, labels: torch.Tensor | None) -> tuple | None:
         """Shape of what dropout applies to: labels (B,) / (B, 1 + I), or caption groups (B, 1 + I)."""
         if self.text_encoder is None:
@@ -293,11 +304,13 @@ class Trainer:
             x, num_images, y = self._latents(batch)
             if a == 0:  # one draw per step for the global batch; each micro-step takes its rows
                 all_t, all_noise, all_drop = self._draw(x.shape, self._condition_shape(batch, y))
+                all_given = self._draw_given(x.shape, num_images)
             rows = distributed.rows(a, self.micro, self.dist)
             t, noise = all_t[rows], all_noise[rows]
+            given = None if all_given is None else all_given[rows]
             kwargs = self._model_kwargs(batch, y, num_images, None if all_drop is None else all_drop[rows])
             with parallelize.grad_sync(self.net, a == t_cfg.grad_accum - 1), self.autocast:
-                losses = self.diffusion.training_losses(self.net, x, t, model_kwargs=kwargs, noise=noise)
+                losses = self.diffusion.training_losses(self.net, x, t, model_kwargs=kwargs, noise=noise, given=given)
                 loss = losses["loss"].mean() / t_cfg.grad_accum
             loss.backward()
             total += loss.detach()
