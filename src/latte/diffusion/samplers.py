@@ -209,6 +209,13 @@ def scheduler_for(objective: Objective, sampler: str, steps: int | None = None,
     return scheduler
 
 
+def _pair_times(t: torch.Tensor) -> torch.Tensor:
+    """(B, F) times twice, for the batched guidance pass: (2B, F), still a broadcast when one per clip."""
+    if t.shape[1] > 1 and t.stride(1) == 0:
+        return torch.cat([t[:, :1], t[:, :1]]).expand(-1, t.shape[1])
+    return torch.cat([t, t])
+
+
 def _pair(cond, uncond):
     """One batch of the conditional and unconditional inputs (non-tensors, such as num_images, are shared)."""
     return torch.cat([cond, uncond]) if isinstance(cond, torch.Tensor) else cond
@@ -264,7 +271,7 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
         t_batch = objective.model_time(t_step)
         x_in = x.to(dtype)
         if guided:
-            out = model_fn(torch.cat([x_in, x_in]), torch.cat([t_batch, t_batch]), **kwargs)
+            out = model_fn(torch.cat([x_in, x_in]), _pair_times(t_batch), **kwargs)
             out = guided_output(*out.float().chunk(2), cfg_scale, channels)
         else:
             out = model_fn(x_in, t_batch, **kwargs).float()

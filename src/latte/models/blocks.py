@@ -147,7 +147,7 @@ class LatteBlock(nn.Module):
         if hasattr(self, "cross_attn"):
             x = x + self.cross_attn(x, ctx.text, ctx.text_bias, fv)
         if self.kind == "factorised":
-            t = m.first(fv)  # the video frames' terms
+            t = ctx.temporal_modulation(self, m, fv)  # the video frames' terms
             video = self._temporal_attention(self.temporal_attn, self.norm_temporal, x[:, :fv], t.shift_tmsa,
                                              t.scale_tmsa, t.gate_tmsa, ctx)
             x = with_images(video, x, fv)

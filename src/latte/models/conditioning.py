@@ -1,8 +1,9 @@
 """Conditioning: time, class and caption turned, once per forward, into a per-frame context that
 every block and the final layer read (paper Sec. 3.3 and Sec. 5).
 
-Time is always per token frame: the model embeds one time per frame, so one time per clip is the
-same time broadcast over the frames, not another path. One conditioner per kind, chosen once from
+Time is per token frame; a time that is one per clip is embedded once ((B, 1, D)) and broadcast over
+the frames, and what is then the same for every video frame (S-AdaLN's temporal terms: `clip`) is
+computed once, as before per-frame time (so older checkpoints resume bit for bit). One conditioner per kind, chosen once from
 `ModelConfig.conditioning` (`CONDITIONERS`):
 
 | kind | conditioner -> context | per token frame | a block reads |
@@ -82,16 +83,33 @@ class Context:
         """(shift, scale) of the final layer, each (B, F, 1, D), or None."""
         return None
 
+    def temporal_modulation(self, block: nn.Module, terms: Modulation, frames: int) -> Modulation:
+        """The terms of a factorised block's temporal attention over the first `frames` (video) frames,
+        given the block's terms of every frame."""
+        return terms.first(frames)
+
 
 @dataclass
 class AdaLNContext(Context):
-    """S-AdaLN: each block maps the condition vector of each frame to its own terms (DiT adaLN-Zero)."""
+    """S-AdaLN: each block maps the condition vector of each frame to its own terms (DiT adaLN-Zero).
+    When the video frames share one condition (one time per clip), `clip` holds it and temporal
+    blocks map it once, their terms broadcast over the frames (B, 1, 1, D)."""
 
     frames: torch.Tensor  # (B, F, D): timestep + class embedding of every token frame
+    clip: torch.Tensor | None = None  # (B, D): the video frames' shared condition, or None
 
     def modulation(self, block: nn.Module, frames: int) -> Modulation:
+        if block.kind == "temporal" and self.clip is not None:
+            terms = block.adaLN_modulation(self.clip).chunk(len(block.chunks), dim=-1)  # (B, D) each
+            return Modulation(**{name: m[:, None, None] for name, m in zip(block.chunks, terms)})
         terms = block.adaLN_modulation(self.frames[:, :frames]).chunk(len(block.chunks), dim=-1)  # (B, f, D) each
         return Modulation(**{name: m[:, :, None] for name, m in zip(block.chunks, terms)})
+
+    def temporal_modulation(self, block: nn.Module, terms: Modulation, frames: int) -> Modulation:
+        if self.clip is None:
+            return terms.first(frames)
+        clip = block.adaLN_modulation(self.clip).chunk(len(block.chunks), dim=-1)  # (B, D) each, once per clip
+        return Modulation(**{name: m[:, None, None] for name, m in zip(block.chunks, clip)})
 
     def final_modulation(self, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         shift, scale = layer.adaLN_modulation(self.frames).chunk(2, dim=-1)  # (B, F, D) each
@@ -122,8 +140,8 @@ class SingleContext(Context):
     the final layer adds its [2, D] table to each frame's timestep embedding. Captions are attended
     by the blocks' cross-attention."""
 
-    shared: torch.Tensor  # (B, F, 6D): t_block of each frame's timestep embedding
-    t_emb: torch.Tensor  # (B, F, D)
+    shared: torch.Tensor  # (B, F or 1, 6D): t_block of each frame's timestep embedding (1: one per clip)
+    t_emb: torch.Tensor  # (B, F or 1, D)
     text: torch.Tensor  # (B, G, L, D) projected captions
     text_bias: torch.Tensor | None  # (B, G, L) additive bias of padded caption tokens
 
@@ -168,9 +186,10 @@ class Conditioner:
         """Linears whose weight and bias start at zero (adaLN-Zero)."""
         return []
 
-    def context(self, model: nn.Module, t_emb: torch.Tensor, video_frames: int, rope, y=None, drop=None,
-                captions=None, caption_mask=None) -> Context:
-        """t_emb (B, F, D): timestep embedding of every token frame -> the forward's context."""
+    def context(self, model: nn.Module, t_emb: torch.Tensor, frames: int, video_frames: int, rope, y=None,
+                drop=None, captions=None, caption_mask=None) -> Context:
+        """t_emb (B, F, D): timestep embedding of each of the F token frames, or (B, 1, D): one per clip,
+        broadcast over them -> the forward's context."""
         raise NotImplementedError
 
 
@@ -178,14 +197,19 @@ class ClassConditioner(Conditioner):
     """Shared by the class / unconditional kinds: the condition of each frame is its timestep
     embedding and, with classes, its label embedding."""
 
-    def conditions(self, model, t_emb, video_frames: int, y, drop, captions) -> list[torch.Tensor]:
-        """[time, label] embeddings, each (B, F, D); the label only in class models."""
+    def conditions(self, model, t_emb, frames: int, video_frames: int, y, drop, captions):
+        """[time, label] embeddings of every frame, each (B, F, D), the label only in class models; and
+        the video frames' shared condition (B, D) when the time is one per clip (t_emb (B, 1, D)), else None."""
         if captions is not None:
             raise LatteError("this model is not text-conditioned: it takes class labels, not captions")
-        if self.config.num_classes == 0:
-            return [t_emb]
-        batch, frames = t_emb.shape[:2]
-        return [t_emb, frame_labels(model.y_embedder, y, drop, batch, frames, video_frames, t_emb.device)]
+        per_frame = [t_emb.expand(-1, frames, -1)]
+        clip = [t_emb[:, 0]] if t_emb.shape[1] == 1 else None
+        if self.config.num_classes:
+            labels, clip_label = frame_labels(model.y_embedder, y, drop, t_emb.shape[0], frames, video_frames,
+                                              t_emb.device)
+            per_frame.append(labels)
+            clip = None if clip is None else clip + [clip_label]
+        return per_frame, None if clip is None else sum(clip)
 
 
 class AdaLN(ClassConditioner):
@@ -202,17 +226,16 @@ class AdaLN(ClassConditioner):
     def zero_init(self, model) -> list[nn.Linear]:
         return [layer.adaLN_modulation[-1] for layer in (*model.blocks, model.final_layer)]
 
-    def context(self, model, t_emb, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
-        parts = self.conditions(model, t_emb, video_frames, y, drop, captions)
-        frames = parts[0] if len(parts) == 1 else parts[0] + parts[1]  # (B, F, D)
-        return AdaLNContext(video_frames, rope, frames=frames)
+    def context(self, model, t_emb, frames, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
+        parts, clip = self.conditions(model, t_emb, frames, video_frames, y, drop, captions)
+        return AdaLNContext(video_frames, rope, frames=sum(parts), clip=clip)  # (B, F, D), (B, D) or None
 
 
 class Tokens(ClassConditioner):
     """Each frame's time (and class) embeddings, layer-normalised, as extra tokens of every attention."""
 
-    def context(self, model, t_emb, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
-        parts = self.conditions(model, t_emb, video_frames, y, drop, captions)
+    def context(self, model, t_emb, frames, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
+        parts, _ = self.conditions(model, t_emb, frames, video_frames, y, drop, captions)
         # the same normalised tokens enter every block (its norms have no affine terms)
         tokens = F.layer_norm(torch.stack(parts, dim=2), (t_emb.shape[-1],), eps=self.config.norm_eps)  # (B, F, K, D)
         return TokenContext(video_frames, rope, tokens=tokens)
@@ -238,9 +261,9 @@ class AdaLNSingle(Conditioner):
     def normal_init(self, model) -> list[torch.Tensor]:
         return [model.t_block[1].weight, model.caption_projection.fc1.weight, model.caption_projection.fc2.weight]
 
-    def context(self, model, t_emb, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
+    def context(self, model, t_emb, frames, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
         text, bias = self.captions(model.caption_projection, captions, caption_mask, t_emb.shape[0],
-                                   t_emb.shape[1] - video_frames)
+                                   frames - video_frames)
         return SingleContext(video_frames, rope, shared=model.t_block(t_emb), t_emb=t_emb, text=text, text_bias=bias)
 
     def captions(self, projection, text, mask, batch: int, num_images: int):
@@ -270,9 +293,9 @@ class AdaLNSingle(Conditioner):
 CONDITIONERS: dict[str, type[Conditioner]] = {"adaln": AdaLN, "tokens": Tokens, "adaln-single": AdaLNSingle}
 
 
-def frame_labels(embedder: nn.Module, y, drop, batch: int, frames: int, video_frames: int, device) -> torch.Tensor:
-    """Label embeddings per token frame (B, F, D), label dropout applied: y (B,) labels the clip, y
-    (B, 1 + num_images) the video and then each image frame; None is the null class."""
+def frame_labels(embedder: nn.Module, y, drop, batch: int, frames: int, video_frames: int, device):
+    """Label embeddings per token frame (B, F, D) and of the video (B, D), label dropout applied: y (B,)
+    labels the clip, y (B, 1 + num_images) the video and then each image frame; None is the null class."""
     num_images = frames - video_frames
     if y is None:  # unconditional sampling: the null class
         y = torch.full((batch,), embedder.num_classes, dtype=torch.long, device=device)
@@ -282,4 +305,4 @@ def frame_labels(embedder: nn.Module, y, drop, batch: int, frames: int, video_fr
     drop = None if drop is None else drop.reshape(y.shape)
     y_emb = embedder(y, drop)  # (B, 1 or 1+I, D): one draw of label dropout per label
     images = y_emb[:, 1:] if y.shape[1] > 1 else y_emb[:, :1].expand(-1, num_images, -1)
-    return torch.cat([y_emb[:, :1].expand(-1, video_frames, -1), images], dim=1)
+    return torch.cat([y_emb[:, :1].expand(-1, video_frames, -1), images], dim=1), y_emb[:, 0]

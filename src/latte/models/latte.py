@@ -185,14 +185,18 @@ class Latte(nn.Module):
     # -- conditioning ---------------------------------------------------------------------------
     def frame_times(self, t: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """t as a scalar, (B,) or (B, F) over the input's F frames (video, then image frames) -> (B, F')
-        one time per token frame. One time per clip is broadcast over the frames; a tubelet token
-        (s frames) takes the time of its first frame."""
+        one time per token frame, a tubelet token (s frames) taking the time of its first frame; or
+        (B, 1) when the time is one per clip (a scalar, (B,), or (B, F) broadcast from it, stride 0):
+        the clip's time is then embedded once and broadcast over the frames (read from the shape
+        alone, no device sync)."""
         if t.numel() == 1:
-            t = t.reshape(1, 1).expand(batch, frames)
-        elif t.shape == (batch,):
-            t = t[:, None].expand(-1, frames)
-        elif t.shape != (batch, frames):
+            return t.reshape(1, 1).expand(batch, 1)
+        if t.shape == (batch,):
+            return t[:, None]
+        if t.shape != (batch, frames):
             raise LatteError(f"timesteps must be a scalar, (B={batch},) or (B, F={frames}), got {tuple(t.shape)}")
+        if frames == 1 or t.stride(1) == 0:
+            return t[:, :1]
         return t[:, ::self.config.temporal_stride]  # (B, F')
 
     # -- forward -------------------------------------------------------------------------------
@@ -214,15 +218,15 @@ class Latte(nn.Module):
             raise LatteError(f"tubelet patches need a frame count divisible by {stride} and no image frames")
         if y is not None and c.is_text:
             raise LatteError("this is a text-to-video model: it takes captions, not class labels")
-        times = self.frame_times(t, batch, frames)  # (B, F')
+        times = self.frame_times(t, batch, frames)  # (B, F') or (B, 1)
         h, w = height // p, width // p
         tokens = self.x_embedder(x) + self.spatial_table(h, w).to(x.dtype)[:, None]  # (B, F', N, D)
         video_tokens = video_frames // stride
-        t_emb = self.t_embedder(times.reshape(-1)).unflatten(0, times.shape)  # (B, F', D)
+        t_emb = self.t_embedder(times.reshape(-1)).unflatten(0, times.shape)  # (B, F' or 1, D)
         rope = None
         if c.temporal_pos == "rope":
             rope = rope_table(torch.arange(video_tokens, device=x.device), c.head_dim)
-        ctx = self.conditioner.context(self, t_emb, video_tokens, rope, y=y, drop=drop_labels,
+        ctx = self.conditioner.context(self, t_emb, tokens.shape[1], video_tokens, rope, y=y, drop=drop_labels,
                                        captions=encoder_hidden_states, caption_mask=encoder_attention_mask)
         # absolute temporal positions join the video frames right before the first temporal mixing;
         # diffusers' text model adds none to a single frame (text-to-image)
