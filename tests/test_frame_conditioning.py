@@ -61,7 +61,8 @@ def frame_change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("variant", [1, 2, 3, 4])
 def test_one_time_per_clip_as_b_or_broadcast_to_b_f_gives_the_stored_outputs(variant, conditioning, patch_embed):
     """The stored outputs of test_models (per-clip t, from the code before per-frame time) hold for t
-    given as (B,) and as the same values on every frame (B, F)."""
+    given as (B,), broadcast to (B, F) (embedded once per clip), and as the same values written out on
+    every frame (the per-frame path)."""
     stored = torch.load(REFERENCE)
     i = stored["inputs"]
     key = f"{variant}-{patch_embed}-{conditioning}-rope"
@@ -69,7 +70,8 @@ def test_one_time_per_clip_as_b_or_broadcast_to_b_f_gives_the_stored_outputs(var
                          patch_embed=patch_embed, conditioning=conditioning, temporal_pos="rope")
     model = randomize_by_name(model).eval()
     with torch.no_grad():
-        for t in (i["t"], i["t"][:, None].expand(-1, i["x"].shape[2]), i["t"][0]):
+        per_frame = i["t"][:, None].repeat(1, i["x"].shape[2])  # the same values, not a broadcast: per-frame path
+        for t in (i["t"], i["t"][:, None].expand(-1, i["x"].shape[2]), i["t"][0], per_frame):
             torch.testing.assert_close(model(i["x"], t, i["y"]), stored["outputs"][key], rtol=1e-5, atol=1e-5)
         if patch_embed == "frame":  # joint image frames: a time for each of the 4 video and 2 image frames
             t = i["t"][:, None].expand(-1, 6)
