@@ -1,11 +1,11 @@
 """Per-frame conditioning (issue 28): the model takes one time per frame, one time per clip being a
 broadcast of it, for every conditioning kind, variant and token extraction."""
 import dataclasses
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from test_models import randomize_by_name  # the weights the stored outputs were made with
 
 from latte.errors import LatteError
 from latte.models import create_model
@@ -27,13 +27,6 @@ def randomize(model, seed=0, std=0.1):
     return model.eval()
 
 
-def randomize_by_name(model, seed=0, std=0.1):
-    """The weights the stored outputs were made with (tests/data/make_reference_outputs.py)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model
 
 
 def model_and_condition(kind: str, variant: int = 1, **options):

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, is_per_clip, keep_given, masked_frame_mean
+from latte.diffusion.objective import Objective, keep_given, masked_frame_mean
 from latte.errors import LatteError
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -161,15 +161,7 @@ class RectifiedFlow(Objective):
         the frames that count (`mask` (B, F); None: all) of each frame's mean. Frames `given` (B, F) are clean
         inputs at t = 0 and do not count."""
         noise = torch.randn_like(x0) if noise is None else noise
-        if given is not None:  # frame conditioning: given frames are clean inputs at the clean time, not scored
-            given = given.to(device=x0.device, dtype=torch.bool)  # (B, F)
-            t = self.with_given(t, given)
-            mask = ~given if mask is None else mask.to(device=x0.device, dtype=torch.bool) & ~given
-        if mask is None and is_per_clip(t):
-            t = t if t.ndim == 1 else t[:, 0]  # (B,)
-        else:
-            t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
-            mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
+        t, mask, given = self.frames_that_count(x0, t, mask, given)
         x_t = self.corrupt(x0, t, noise)
         if given is not None:
             x_t = keep_given(x_t, x0, given)

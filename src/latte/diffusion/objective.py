@@ -89,6 +89,21 @@ class Objective(ABC):
         t = (t[:, None] if t.ndim == 1 else t).expand(given.shape)  # (B, F)
         return torch.where(given.to(device=t.device, dtype=torch.bool), t.new_full((), self.clean_time()), t)
 
+    def frames_that_count(self, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None,
+                          given: torch.Tensor | None):
+        """(t, mask, given) of a training batch x0 (B, C, F, H, W): frames `given` (B, F) take the clean time
+        and leave the mask (they are inputs, not scored); without a mask, times one per clip come back (B,)
+        (the per-clip computation), otherwise (B, F) with a (B, F) bool mask."""
+        if given is not None:
+            given = given.to(device=x0.device, dtype=torch.bool)  # (B, F)
+            t = self.with_given(t, given)
+            mask = ~given if mask is None else mask.to(device=x0.device, dtype=torch.bool) & ~given
+        if mask is None and is_per_clip(t):
+            return (t if t.ndim == 1 else t[:, 0]), None, given  # (B,)
+        t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
+        mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
+        return t, mask, given
+
     @abstractmethod
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         """The clean clip that the network's `prediction` (its first C channels) at x_t and times t implies."""
