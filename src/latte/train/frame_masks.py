@@ -77,8 +77,9 @@ def draw_given(train: TrainSection, clips: int, video_frames: int, unit: int, im
     kind_draw = torch.rand(clips, generator=generator, device=where)  # (G,)
     k_draw = torch.rand(clips, generator=generator, device=where)  # (G,)
     frame_draw = torch.rand((clips, units), generator=generator, device=where)  # (G, U)
-    edges = torch.tensor(list(accumulate(probabilities(train))), dtype=torch.float64, device=where)  # (kinds,)
-    kind = (kind_draw.double()[:, None] >= edges).sum(dim=1)  # (G,) index into KINDS; len(KINDS): no mask
+    kind = torch.zeros(clips, dtype=torch.long, device=where)  # (G,) index into KINDS; len(KINDS): no mask
+    for edge in accumulate(probabilities(train)):  # host numbers: no host-to-device copy per step
+        kind += (kind_draw.double() >= edge).long()
     fixed = train.mask_prefix_frames // unit
     k = torch.full_like(kind, fixed) if fixed else 1 + (k_draw * (units - 1)).long().clamp(max=units - 2)  # (G,)
     index = torch.arange(units, device=where)[None]  # (1, U)

@@ -7,7 +7,8 @@ and has little variance, because nothing in it is random from one evaluation to 
 then skips), the times (`Objective.held_out_times`: the midpoints of BUCKETS equal buckets of the
 objective's time range) and the noise (drawn once from its own generator, seeded by SEED) are the same
 at every evaluation and in every run of one data config, whatever train.seed. It draws from no random
-stream that training uses, so a run trains the same weights with it on or off.
+stream that training uses, so on Moving MNIST a run trains the same weights with it on or off (a
+folder run trains without its held-out slice).
 
 It is comparable between runs of one objective and prediction target only: an epsilon MSE, an x0 MSE
 and a flow velocity MSE measure different things at differently defined times (docs/evaluation.md).
