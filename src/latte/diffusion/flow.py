@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, keep_given, masked_frame_mean
+from latte.diffusion.objective import Objective, frame_mean, masked_frame_mean, mean_flat
 from latte.errors import LatteError
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -161,16 +161,9 @@ class RectifiedFlow(Objective):
         the frames that count (`mask` (B, F); None: all) of each frame's mean. Frames `given` (B, F) are clean
         inputs at t = 0 and do not count."""
         noise = torch.randn_like(x0) if noise is None else noise
-        t, mask, given = self.frames_that_count(x0, t, mask, given)
-        x_t = self.corrupt(x0, t, noise)
-        if given is not None:
-            x_t = keep_given(x_t, x0, given)
-        out = model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
+        t, mask, _, out = self.noised_output(model_fn, x0, t, noise, mask, given, model_kwargs)
         if out.shape[1] != x0.shape[1]:
             raise LatteError(f"a flow model outputs {x0.shape[1]} channels (the velocity), this one {out.shape[1]}")
         error = ((noise - x0).float() - out.float()) ** 2
-        if t.ndim == 1:
-            mse = error.mean(dim=tuple(range(1, error.ndim)))
-        else:
-            mse = masked_frame_mean(error.mean(dim=(1, *range(3, error.ndim))), mask)  # per frame (B, F) -> (B,)
+        mse = mean_flat(error) if t.ndim == 1 else masked_frame_mean(frame_mean(error), mask)  # (B,)
         return {"mse": mse, "loss": mse}

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from latte.diffusion.objective import Objective, keep_given, masked_frame_mean
+from latte.diffusion.objective import Objective, frame_mean, masked_frame_mean, mean_flat
 from latte.errors import LatteError
 
 PREDICTIONS = ("epsilon", "v", "x0")
@@ -20,16 +20,6 @@ LOSS_WEIGHTINGS = ("none", "min-snr")
 # the diffusion config keys this objective reads (from_settings)
 SETTINGS = ("num_timesteps", "beta_start", "beta_end", "prediction", "loss_weighting", "min_snr_gamma",
             "timestep_power", "timestep_power_until")
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension but the batch: (B, ...) -> (B,)."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
-
-
-def frame_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension but the batch and the frames: (B, C, F, ...) -> (B, F)."""
-    return x.mean(dim=(1, *range(3, x.ndim)))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -242,11 +232,7 @@ class GaussianDiffusion(Objective):
         bit; otherwise each term is the mean over the frames that count (`mask` (B, F); None: all) of its
         per-frame value. Frames `given` (B, F) are clean inputs at t = 0 and do not count."""
         noise = torch.randn_like(x0) if noise is None else noise
-        t, mask, given = self.frames_that_count(x0, t, mask, given)
-        x_t = self.q_sample(x0, t, noise)
-        if given is not None:
-            x_t = keep_given(x_t, x0, given)
-        out = model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
+        t, mask, x_t, out = self.noised_output(model_fn, x0, t, noise, mask, given, model_kwargs)
         channels = x0.shape[1]
         prediction = out[:, :channels]
         error = (self.target(x0, t, noise) - prediction.float()) ** 2

@@ -21,6 +21,16 @@ def is_per_clip(t: torch.Tensor) -> bool:
     return t.ndim == 1 or t.shape[1] == 1 or t.stride(1) == 0
 
 
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch: (B, ...) -> (B,)."""
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def frame_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch and the frames: (B, C, F, ...) -> (B, F)."""
+    return x.mean(dim=(1, *range(3, x.ndim)))
+
+
 def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the frames that count: values (B, F), mask (B, F) bool or 0/1 -> (B,). Frames left out
     do not enter at all (not even as NaN); a clip with no frame that counts gives 0."""
@@ -103,6 +113,16 @@ class Objective(ABC):
         t = (t[:, None] if t.ndim == 1 else t).expand(-1, x0.shape[2])  # (B, F)
         mask = torch.ones(t.shape, dtype=torch.bool, device=x0.device) if mask is None else mask
         return t, mask, given
+
+    def noised_output(self, model_fn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                      mask: torch.Tensor | None, given: torch.Tensor | None, model_kwargs: dict | None):
+        """The first half of a training loss: x0 (B, C, F, H, W) noised to times t (given frames kept clean,
+        frames_that_count) and the network's output on it -> (t, mask, x_t, out)."""
+        t, mask, given = self.frames_that_count(x0, t, mask, given)
+        x_t = self.corrupt(x0, t, noise)
+        if given is not None:
+            x_t = keep_given(x_t, x0, given)
+        return t, mask, x_t, model_fn(x_t, self.model_time(t), **(model_kwargs or {}))
 
     @abstractmethod
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
