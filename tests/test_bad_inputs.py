@@ -18,7 +18,7 @@ from latte.cli import build_parser, main
 from latte.config import Config
 from latte.errors import LatteError
 from latte.files import check_output_folder, record_dependency
-from latte.inference import load_for_sampling
+from latte.inference import load_run
 from latte.models import create_model, export_diffusers_transformer
 from latte.train.checks import load_config
 from latte.train.run import train
@@ -238,7 +238,7 @@ def test_issue_33_merging_a_lora_run_over_its_base_checkpoint_is_refused(ws, cap
     refused(["convert", "--from", "latte", "--to", "latte", str(ws / "lora-official"), str(base), "--merge-lora",
              "--overwrite"], "depends on", capsys)
     assert base.read_bytes() == kept
-    load_for_sampling(str(ws / "lora"))  # the LoRA run still finds its base as it was
+    load_run(str(ws / "lora"))  # the LoRA run still finds its base as it was
 
 
 def test_a_base_recorded_by_hash_is_protected_while_its_run_exists(tmp_path, monkeypatch, capsys):
@@ -262,7 +262,7 @@ def test_checkpoint_pruning_keeps_a_base_a_lora_run_depends_on(tmp_path, monkeyp
     tiny_run(tmp_path / "lora", f"model.init_from={base}", "model.lora_rank=2")
     tiny_run(base, "train.max_steps=3", "train.keep_checkpoints=1")  # the base run goes on, keeping one checkpoint
     assert [p.name for p in list_checkpoints(base)] == [first.name, "step_0000003.pt"]
-    load_for_sampling(str(tmp_path / "lora"))
+    load_run(str(tmp_path / "lora"))
 
 
 def test_existing_outputs_are_replaced_only_with_overwrite(ws, tmp_path, capsys):

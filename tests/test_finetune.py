@@ -8,7 +8,7 @@ import torch
 from latte.checkpoint_files import atomic_save, list_checkpoints, load_checkpoint
 from latte.cli import main
 from latte.errors import LatteError
-from latte.inference import load_for_sampling
+from latte.inference import load_run
 from latte.model_sources import build_network, run_model
 from latte.models import (
     create_model,
@@ -86,7 +86,7 @@ def lora_run(tmp_path_factory, base_run) -> Path:
 
 def test_init_from_a_latte_run_gives_its_forward(tmp_path, base_run):
     trainer = Trainer(config(tmp_path, f"model.init_from={base_run}", "model.hidden_size=16"), log=lambda *_: None)
-    source = load_for_sampling(str(base_run))[0]
+    source = load_run(str(base_run)).model
     inputs = class_inputs(source)
     assert trainer.model_config.hidden_size == source.config.hidden_size == 64  # the source's architecture, not the run's model keys
     assert torch.equal(forward(trainer.model, inputs), forward(source, inputs))
@@ -129,7 +129,7 @@ def test_lora_trains_only_adapters_keeps_the_base_bitwise_and_changes_the_output
     for name, tensor in model.state_dict().items():
         if ".lora_" not in name:
             assert torch.equal(tensor, base_state[name.replace(".base_layer", "")]), name
-    base = load_for_sampling(str(base_run))[0]
+    base = load_run(str(base_run)).model
     inputs = class_inputs(base)
     assert not torch.allclose(forward(model, inputs), forward(base, inputs), atol=1e-4)
     # the adapters are all the optimizer saw
@@ -160,7 +160,7 @@ def test_merged_model_equals_the_adapted_model_and_sample_applies_the_adapters(t
     adapted = run_model(state, use_ema=True, merge=False)
     inputs = class_inputs(adapted)
     expected = forward(adapted, inputs)
-    sampled = load_for_sampling(str(lora_run))[0]  # what `latte sample --checkpoint RUN` runs
+    sampled = load_run(str(lora_run)).model  # what `latte sample --checkpoint RUN` runs
     assert not any(".lora_" in k or "base_layer" in k for k in sampled.state_dict())
     torch.testing.assert_close(forward(sampled, inputs), expected, atol=1e-6, rtol=1e-5)
     merged = tmp_path / "merged.pt"
@@ -169,7 +169,7 @@ def test_merged_model_equals_the_adapted_model_and_sample_applies_the_adapters(t
     assert main(["convert", "--from", "latte", "--to", "latte", "--merge-lora", str(lora_run), str(merged)]) == 0
     full = load_checkpoint(merged)
     assert "base" not in full and full["config"]["model"]["lora_rank"] is None
-    torch.testing.assert_close(forward(load_for_sampling(str(merged))[0], inputs), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(forward(load_run(str(merged)).model, inputs), expected, atol=1e-6, rtol=1e-5)
     assert main(["sample", "--checkpoint", str(lora_run), "--output", str(tmp_path / "s.png"), "--num-videos", "1",
                  "--steps", "2"]) == 0
     assert (tmp_path / "s.png").is_file()
@@ -186,7 +186,7 @@ def test_a_changed_base_is_refused(tmp_path, base_run):
     state["ema"]["blocks.0.attn.qkv.weight"] += 1.0
     del state["path"]
     atomic_save(state, path)
-    for attempt in (lambda: load_for_sampling(str(run)),
+    for attempt in (lambda: load_run(str(run)),
                     lambda: train(config(run, "train.max_steps=4", *overrides), write_samples_at_end=False)):
         with pytest.raises(LatteError, match="changed on disk") as err:
             attempt()
@@ -198,7 +198,7 @@ def test_temporal_only_training_leaves_every_spatial_and_shared_tensor_unchanged
           write_samples_at_end=False)
     before, after = load_checkpoint(base_run)["ema"], load_checkpoint(tmp_path)["model"]
     assert before.keys() == after.keys()
-    kinds = {f"blocks.{i}.": b.kind for i, b in enumerate(load_for_sampling(str(base_run))[0].blocks)}
+    kinds = {f"blocks.{i}.": b.kind for i, b in enumerate(load_run(str(base_run)).model.blocks)}
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     temporal = {k for k in before if kinds.get(k[:len("blocks.0.")]) == "temporal"}
     assert changed and changed <= temporal  # only temporal-block tensors moved (some may keep a zero grad)

@@ -217,9 +217,10 @@ def test_sample_errors_for_prompts_are_one_line(tmp_path, text_run):
 
 
 def sample_text(text_run: Path, **request) -> torch.Tensor:
-    from latte.inference import load_for_sampling, text_encoder_for
+    from latte.inference import load_run, text_encoder_for
 
-    model, diffusion, config, _ = load_for_sampling(str(text_run))
+    generator = load_run(str(text_run))
+    model, diffusion, config = generator.model, generator.diffusion, generator.config
     assert model.config.is_text
     request = SampleRequest(**{"num_videos": 2, "sampler": "ddim", "steps": 2, "seed": 3, **request})
     return generate(model, diffusion, request, progress=False, text_encoder=text_encoder_for(config))[0]

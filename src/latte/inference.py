@@ -143,11 +143,5 @@ def load_generator(source, use_ema: bool = True, vae: str | None = None,
     return generator
 
 
-def load_for_sampling(checkpoint, use_ema: bool = True):
-    """(model, diffusion, run config, vae or None) of a latte run folder or checkpoint: load_run's parts."""
-    generator = load_run(checkpoint, use_ema)
-    return generator.model, generator.diffusion, generator.config, generator.vae
-
-
-__all__ = ["DIFFUSERS", "LATTE", "OFFICIAL", "VideoGenerator", "generator_from_checkpoint", "load_for_sampling",
+__all__ = ["DIFFUSERS", "LATTE", "OFFICIAL", "VideoGenerator", "generator_from_checkpoint",
            "load_generator", "load_run", "text_encoder_for"]
