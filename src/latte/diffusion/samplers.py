@@ -63,6 +63,27 @@ def guided_output(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float
     return torch.cat([guided, out_cond[:, channels:]], dim=1)
 
 
+def image_guided_output(outputs: tuple[torch.Tensor, ...], scale: float, image_scale: float, channels: int,
+                        given_mask: torch.Tensor) -> torch.Tensor:
+    """Guidance of the given frames beside the class or text guidance (Open-Sora 2.0's image guidance):
+    out = n_0 + image_scale * (n_f - n_0) + scale * (c_f - n_f) on the prediction channels, where c / n
+    are the condition / the null class or negative prompt, and _f / _0 the model with the given frames
+    in (clean, at the clean time) / without them (those frames noisy at the step's time, sampled too).
+    `outputs` is (c_f, n_f, n_0), or (c_f, c_0) without class or text guidance: out = c_0 + image_scale *
+    (c_f - c_0). Variance channels come from c_f. At the given frames `given_mask` (B, F) the frameless
+    branch's own output is used: its sample of those frames, which the given frames replace at the end."""
+    if len(outputs) == 3:
+        with_frames, null_with_frames, without = outputs
+    else:
+        (with_frames, without), null_with_frames = outputs, outputs[0]
+    p = slice(0, channels)
+    guided = (without[:, p] + image_scale * (null_with_frames[:, p] - without[:, p])
+              + scale * (with_frames[:, p] - null_with_frames[:, p]))
+    out = torch.cat([guided, with_frames[:, channels:]], dim=1)
+    where = given_mask.view(given_mask.shape[0], 1, given_mask.shape[1], 1, 1)  # (B, 1, F, 1, 1)
+    return torch.where(where, without, out)
+
+
 def solver_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> np.ndarray:
     """`steps` integer timesteps, the first T-1, evenly spaced in log-SNR lambda_t = log(sqrt(abar_t / (1 -
     abar_t))) (DPM-Solver, Lu et al. 2022, Sec. 3.3) on the way to t = 0, which is the end point of the
@@ -228,13 +249,15 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
            generator: torch.Generator | None = None, device="cpu", progress: bool = True,
            noise: torch.Tensor | None = None, scheduler_options: dict | None = None,
            grid: str = "logsnr", on_step=None, given: torch.Tensor | None = None,
-           given_mask: torch.Tensor | None = None) -> torch.Tensor:
+           given_mask: torch.Tensor | None = None, image_cfg_scale: float = 1.0) -> torch.Tensor:
     """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
     guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class.
     The model runs in its own dtype; the solver state stays float32. `on_step(timestep)`, when given, hears
     each step's timestep from the host-side schedule before that step's model call (the PAB cache's at_time).
     Frame conditioning: the frames `given_mask` (B, F) marks are the clean clips `given` (B, C, F, H, W) at
-    every step (the objective's clean time, x_t replaced by them), so the result holds them exactly."""
+    every step (the objective's clean time, x_t replaced by them), so the result holds them exactly.
+    `image_cfg_scale` != 1 guides the given frames too (image_guided_output): each step also runs the model
+    without them, and the state keeps that branch's own sample at the given frames until the end."""
     guided = cfg_scale != 1.0
     if guided and uncond_kwargs is None and (y is None or null_class is None):
         raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
@@ -250,13 +273,20 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
     x = x.to(device).float() * getattr(scheduler, "init_noise_sigma", 1.0)  # the FlowMatch ones start at 1
     if given is not None:
         given, given_mask = given.to(device).float(), given_mask.to(device=device, dtype=torch.bool)  # (B, C, F, H, W), (B, F)
+    image_guided = given is not None and image_cfg_scale != 1.0
+    if given is not None and not image_guided:
         x = keep_given(x, given, given_mask)
     kwargs = dict(model_kwargs or {})
     if y is not None:
         kwargs["y"] = y
     if guided:
         uncond = {**kwargs, **(uncond_kwargs if uncond_kwargs is not None else {"y": torch.full_like(y, null_class)})}
-        kwargs = {key: _pair(value, uncond[key]) for key, value in kwargs.items()}
+        if image_guided:  # (c_f, n_f, n_0): the null condition twice, with and without the given frames
+            kwargs = {key: _pair(_pair(value, uncond[key]), uncond[key]) for key, value in kwargs.items()}
+        else:
+            kwargs = {key: _pair(value, uncond[key]) for key, value in kwargs.items()}
+    elif image_guided:  # (c_f, c_0)
+        kwargs = {key: _pair(value, value) for key, value in kwargs.items()}
     # every scheduler that draws noise (DDPM, DDIM with eta, SDE variants of DPM-Solver++) draws it from
     # `generator`, never from the global RNG: samples are a function of the seed alone
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
@@ -266,18 +296,28 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
         if on_step is not None:
             on_step(float(t))  # the schedule lives on the host: no device read
         t_step = objective.step_time(t, (shape[0], shape[2]), device)  # (B, F)
-        if given is not None:
-            t_step = objective.with_given(t_step, given_mask)
-        t_batch = objective.model_time(t_step)
-        x_in = x.to(dtype)
-        if guided:
-            out = model_fn(torch.cat([x_in, x_in]), _pair_times(t_batch), **kwargs)
-            out = guided_output(*out.float().chunk(2), cfg_scale, channels)
+        if image_guided:  # t_step: the frameless branch generates every frame
+            t_given = objective.with_given(t_step, given_mask)
+            x_given, x_free = keep_given(x, given, given_mask).to(dtype), x.to(dtype)
+            xs = [x_given, x_given, x_free] if guided else [x_given, x_free]
+            ts = [t_given, t_given, t_step] if guided else [t_given, t_step]
+            out = model_fn(torch.cat(xs), objective.model_time(torch.cat(ts)), **kwargs).float()
+            out = image_guided_output(out.chunk(len(xs)), cfg_scale, image_cfg_scale, channels, given_mask)
         else:
-            out = model_fn(x_in, t_batch, **kwargs).float()
+            if given is not None:
+                t_step = objective.with_given(t_step, given_mask)
+            t_batch = objective.model_time(t_step)
+            x_in = x.to(dtype)
+            if guided:
+                out = model_fn(torch.cat([x_in, x_in]), _pair_times(t_batch), **kwargs)
+                out = guided_output(*out.float().chunk(2), cfg_scale, channels)
+            else:
+                out = model_fn(x_in, t_batch, **kwargs).float()
         if not objective.sampler_takes_variance(sampler):
             out = out[:, :channels]  # the prediction only
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-        if given is not None:  # the solver moved the given frames too (elementwise: the others do not see it)
-            x = keep_given(x, given, given_mask)
+        if given is not None and not image_guided:  # the solver moved the given frames too (elementwise: the
+            x = keep_given(x, given, given_mask)  # others do not see it)
+    if image_guided:  # the state held the frameless branch's sample of the given frames
+        x = keep_given(x, given, given_mask)
     return x
