@@ -11,6 +11,7 @@ here; nothing here imports latte.train.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from latte.config import Config, config_from_dict
 from latte.diffusion import Objective, make_objective
 from latte.diffusion.samplers import scheduler_for
 from latte.errors import LatteError
+from latte.frame_conditioning import check_trained, default_overlap, frame_layout, frame_masks_trained
 from latte.model_sources import DIFFUSERS, LATTE, OFFICIAL, open_source, run_model
 from latte.models import Latte, compile_blocks, load_diffusers_transformer, load_official_checkpoint
 from latte.sampling import SampleRequest, check_speed_options, default_precision, generate, video_conditions
@@ -70,17 +72,31 @@ class VideoGenerator:
 
     def request(self, **fields) -> SampleRequest:
         """A SampleRequest of `fields` (None values count as not given) over the run's sample settings: its
-        sampler, steps and cfg_scale; a sampler given without steps takes that sampler's default step count."""
+        sampler, steps and cfg_scale; a sampler given without steps takes that sampler's default step count.
+        More frames than the model's window are made window by window (overlap: half a window) when the
+        request gives frames or the run trained with frame masks; otherwise in one pass, as before."""
         given = {k: v for k, v in fields.items() if v is not None}
         s = self.config.sample
         defaults = {"sampler": s.sampler, "steps": None if "sampler" in given else s.steps, "cfg_scale": s.cfg_scale}
+        c = self.model.config
+        longer = (given.get("num_frames") or c.num_frames) > c.num_frames
+        if longer and (given.get("given") is not None or frame_masks_trained(self.config.train)):
+            defaults["overlap"] = default_overlap(c.num_frames, c.temporal_stride)  # window by window
         return SampleRequest(**{**defaults, **given})
 
-    def check(self, request: SampleRequest) -> None:
-        """One-line errors for a request this model cannot serve (precision, cache, sampler and its settings),
-        before any sampling work."""
+    def check(self, request: SampleRequest, force: bool = False) -> None:
+        """One-line errors for a request this model cannot serve (precision, cache, sampler and its settings,
+        given frames and windows), before any sampling work. Given frames (or windows) asked of a checkpoint
+        trained without the frame masks they need are refused unless `force`."""
         check_speed_options(request, self.diffusion.num_timesteps)
         scheduler_for(self.diffusion, request.sampler, request.steps, request.scheduler_options, request.grid)
+        if not (math.isfinite(request.image_cfg_scale) and request.image_cfg_scale >= 0):
+            raise LatteError(f"--image-cfg-scale must be a finite number >= 0 (1 = off), got {request.image_cfg_scale}")
+        layout = frame_layout(request, self.model.config, self.vae)
+        if layout is None and request.image_cfg_scale != 1.0:
+            raise LatteError("--image-cfg-scale applies to given frames (--image, --context, --end-image, long videos)")
+        if layout is not None:
+            check_trained(self.config.train, layout, force)
 
     def load_text_encoder(self) -> TextEncoder | None:
         """The text encoder of a text model (loaded once, on the generator's device); None for other models."""

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from latte.devices import PRECISIONS
 from latte.diffusion import sample as diffusion_sample
 from latte.errors import LatteError
+from latte.frame_conditioning import encode_given, frame_layout, sample_windows
 from latte.models import Latte
 from latte.sampling_cache import PABCache, PABSettings
 
@@ -37,7 +38,11 @@ class SampleRequest:
     precision: str = "fp32"  # "bf16": the transformer under bf16 autocast (the solver state stays fp32)
     grid: str = "logsnr"  # multistep solvers' timesteps; "diffusers": the scheduler's own (for comparisons)
     scheduler_options: dict | None = None  # diffusers scheduler settings overridden (for comparisons)
-
+    # frame conditioning (latte.frame_conditioning): pixel frames kept in every video, at the run's size
+    given: torch.Tensor | None = None  # (C, K, H, W) in [-1, 1]
+    given_at: tuple[int, ...] = ()  # the K frame indices they take (negative: from the end)
+    overlap: int | None = None  # frames longer than the model's window: window by window, sharing this many
+    image_cfg_scale: float = 1.0  # guidance of the given frames (latte.diffusion.samplers.image_guided_output)
 
 
 
@@ -121,6 +126,16 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
                         for i in indices])
 
 
+def window_noise(indices: list[int], shape: tuple, seed: int, device):
+    """`noise(frames)`: x_T (len(indices), C, frames, h, w) of each window in turn, each drawn after the
+    windows before it from its video's own generator; the first window's is `initial_noise`'s."""
+    generators = [torch.Generator().manual_seed(video_seed(seed, i)) for i in indices]
+
+    def noise(frames: int) -> torch.Tensor:
+        return torch.stack([torch.randn((shape[0], frames, *shape[2:]), generator=g) for g in generators]).to(device)
+    return noise
+
+
 @torch.no_grad()
 def generate(model: Latte, objective, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
@@ -128,7 +143,7 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
     models, whose prompts are encoded by `text_encoder`), sampled with the run's objective
     (latte.diffusion.objective). `cache_stats`, when given, accumulates the
-    attention cache's "calls" and "computed" counts."""
+    attention cache's "calls" and "computed" counts. Given frames and long videos: latte.frame_conditioning."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
     frames = request.num_frames or c.num_frames
@@ -140,28 +155,39 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
     labels = None if prompts is not None else labels_for(indices, model, request)
     guided = (prompts is not None or c.num_classes > 0) and request.cfg_scale != 1.0
     check_speed_options(request, objective.num_timesteps)
+    layout = frame_layout(request, c, vae)  # None: no given frames, one pass
+    given = encode_given(request, layout, vae) if layout is not None else None  # (C, N, h, w) latents
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
-        x_t = initial_noise(chunk, shape, request.seed).to(device)
         y = None if labels is None else labels[n * request.batch_size:n * request.batch_size + len(chunk)].to(device)
         generator = torch.Generator().manual_seed(video_seed(request.seed, chunk[0]) + 7)
         kwargs, uncond = {}, None
         if prompts is not None:
             kwargs = text_inputs(text_encoder, prompts[n * request.batch_size:n * request.batch_size + len(chunk)], device)
             uncond = text_inputs(text_encoder, [request.negative_prompt] * len(chunk), device) if guided else None
-        context, model_fn = sampling_context(model, request, device)
-        with context:
-            x0 = diffusion_sample(
-                model_fn, x_t.shape, objective, sampler=request.sampler, steps=request.steps, eta=request.eta,
-                cfg_scale=request.cfg_scale if guided else 1.0, y=y,
-                null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
-                uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
-                noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid,
-                on_step=getattr(model_fn, "at_time", None))  # the PAB cache hears each step's timestep
-            if cache_stats is not None and model_fn is not model:
-                for name in ("calls", "computed"):
-                    cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())
+
+        def denoise(x_t, given_frames=None, given_mask=None, y=y, kwargs=kwargs, uncond=uncond, generator=generator):
+            """x0 of one window from x_T (B, C, L, h, w), keeping given_frames (B, C, L, h, w) where given_mask (B, L)."""
+            context, model_fn = sampling_context(model, request, device)
+            with context:
+                x0 = diffusion_sample(
+                    model_fn, x_t.shape, objective, sampler=request.sampler, steps=request.steps, eta=request.eta,
+                    cfg_scale=request.cfg_scale if guided else 1.0, y=y,
+                    null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
+                    uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
+                    noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid,
+                    on_step=getattr(model_fn, "at_time", None),  # the PAB cache hears each step's timestep
+                    given=given_frames, given_mask=given_mask, image_cfg_scale=request.image_cfg_scale)
+                if cache_stats is not None and model_fn is not model:
+                    for name in ("calls", "computed"):
+                        cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())
+            return x0
+
+        if layout is None:
+            x0 = denoise(initial_noise(chunk, shape, request.seed).to(device))
+        else:
+            x0 = sample_windows(denoise, window_noise(chunk, shape, request.seed, device), layout, given, len(chunk))
         if vae is not None:
             x0 = vae.decode(x0)
         outputs.append(x0.clamp(-1, 1).float().cpu())

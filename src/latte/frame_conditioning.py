@@ -1,0 +1,249 @@
+"""Frame conditioning at sampling time: image-to-video, continuation, interpolation and videos longer than
+the model's window (issue 30; training's half is latte/train/frame_masks.py).
+
+A request gives pixel frames (C, K, H, W) and their places in the video (`SampleRequest.given`,
+`given_at`); they are encoded by the run's VAE (pixel runs take them as they are) and kept exactly by
+the sampler (`latte.diffusion.samplers.sample(..., given=, given_mask=)`). A video of N frames longer
+than the window W the model was trained on is generated window by window when the request sets an
+`overlap` O: windows start every W - O frames, each takes the last O frames of the one before as given
+frames (and the asked frames that fall in it), and the last window is shorter when N - O is not a
+multiple of W - O. Windows are joined in latent space, so the overlap is not repeated.
+
+Everything a request asks is checked here before any sampling work (`check_layout`, `check_trained`),
+and files are read into frames at the run's size and channels (`read_image`, `read_context`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latte.config import TrainSection
+from latte.data.video import IMAGE_SUFFIXES, VideoReadError, frame_files, probe, read_frames, resize_center_crop
+from latte.errors import LatteError
+
+log = logging.getLogger("latte.sample")
+# training's mask kinds (latte.train.frame_masks.KINDS; inference imports nothing from latte.train), and
+# those that give the last frame
+MASK_KINDS = ("first", "prefix", "last", "ends", "random")
+LAST_FRAME_KINDS = ("last", "ends", "random")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: RGB frames for a grey model
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a video's frames come from: `given` (N,) bool marks the asked frames; `windows` are
+    (start, length) pairs covering frames 0..N-1, one pass when there is a single window."""
+
+    frames: int
+    given: torch.Tensor  # (N,) bool
+    windows: tuple[tuple[int, int], ...]
+
+
+def default_overlap(window: int, unit: int = 1) -> int:
+    """Half the window, in whole tubelets of `unit` frames, at least one tubelet."""
+    return max(unit, window // 2 // unit * unit)
+
+
+def plan_windows(frames: int, window: int, overlap: int | None) -> tuple[tuple[int, int], ...]:
+    """(start, length) of each window: one pass without an overlap or when the video fits in one window."""
+    if overlap is None or frames <= window:
+        return ((0, frames),)
+    windows, start = [], 0
+    while True:
+        windows.append((start, min(window, frames - start)))
+        if start + window >= frames:
+            return tuple(windows)
+        start += window - overlap
+
+
+def check_layout(request, num_frames: int, unit: int) -> Layout:
+    """The layout of a request for a model trained on `num_frames`-frame windows with tokens of `unit`
+    frames (tubelets), or a one-line error: positions outside the video, an overlap that is not less than
+    the window, a mask that splits a tubelet, a window with nothing left to generate."""
+    frames = request.num_frames or num_frames
+    given = torch.zeros(frames, dtype=torch.bool)  # (N,)
+    if request.given is not None:
+        if request.given.ndim != 4 or request.given.shape[1] != len(request.given_at):
+            raise LatteError(f"given frames {tuple(request.given.shape)} must be (C, K, H, W) with K = "
+                             f"{len(request.given_at)}, one per position in given_at")
+        for place in request.given_at:
+            if not -frames <= place < frames:
+                raise LatteError(f"given frame position {place} is outside a video of {frames} frames")
+            given[place] = True
+    if request.overlap is not None:
+        if not 1 <= request.overlap < num_frames:
+            raise LatteError(f"--overlap must be in [1, {num_frames - 1}] (the model's window is {num_frames} "
+                             f"frames), got {request.overlap}")
+        if request.overlap % unit:
+            raise LatteError(f"--overlap {request.overlap} splits a tubelet of {unit} frames: give a multiple of {unit}")
+    windows = plan_windows(frames, num_frames, request.overlap)
+    known = given.clone()  # (N,) frames given or generated before the window
+    for start, length in windows:
+        window = known[start:start + length]  # (L,)
+        if length % unit or (window.view(-1, unit).any(1) != window.view(-1, unit).all(1)).any():
+            raise LatteError(f"the given frames of frames {start}..{start + length - 1} split a tubelet of {unit} "
+                             "frames (model.patch_embed tubelet): give whole tubelets")
+        if window.all():
+            raise LatteError(f"frames {start}..{start + length - 1} are all given: nothing left to generate")
+        known[start:start + length] = True
+    return Layout(frames, given, windows)
+
+
+def pixel_frames(model_config, vae) -> tuple[int, tuple[int, int]]:
+    """Channels and (H, W) of the frames a run's videos are made of: the model's own in pixel space, the
+    VAE's input otherwise."""
+    height, width = model_config.latent_hw
+    if vae is None:
+        return model_config.in_channels, (height, width)
+    return vae.model.config.in_channels, (height * vae.downsample, width * vae.downsample)
+
+
+def frame_layout(request, model_config, vae) -> Layout | None:
+    """The checked layout of a request (check_layout), its given frames of the run's shape; None when it asks
+    for no given frames and fits in one pass (sampling as without frame conditioning)."""
+    if request.given is not None:
+        channels, size = pixel_frames(model_config, vae)
+        if request.given.shape[0] != channels or tuple(request.given.shape[2:]) != size:
+            raise LatteError(f"given frames {tuple(request.given.shape)} must be ({channels}, K, {size[0]}, {size[1]}) "
+                             "for this model: read them with latte.frame_conditioning.read_image / read_context")
+    elif request.given_at:
+        raise LatteError("given_at names frame positions but the request gives no frames")
+    layout = check_layout(request, model_config.num_frames, model_config.temporal_stride)
+    if request.given is None and len(layout.windows) == 1:
+        return None
+    return layout
+
+
+def frame_masks_trained(train: TrainSection) -> bool:
+    """Whether a run trained with any frame mask (train.mask_*)."""
+    return any(getattr(train, f"mask_{kind}") for kind in MASK_KINDS)
+
+
+def check_trained(train: TrainSection, layout: Layout, force: bool) -> None:
+    """Refuse frame conditioning that the checkpoint's training (train.mask_*) never taught, unless `force`."""
+    if force or (not layout.given.any() and len(layout.windows) == 1):
+        return
+    trained = {kind for kind in MASK_KINDS if getattr(train, f"mask_{kind}")}
+    if not trained:
+        raise LatteError("this checkpoint was trained without frame masks (train.mask_* all 0): it cannot take "
+                         "given frames (--image, --context, --end-image, long videos); pass --force to try anyway")
+    if layout.given[-1] and layout.frames > 1 and not trained & set(LAST_FRAME_KINDS):
+        raise LatteError(f"this checkpoint never learned a given last frame (trained train.mask_"
+                         f"{', mask_'.join(sorted(trained))}; --end-image needs mask_last, mask_ends or mask_random): "
+                         "pass --force to try anyway")
+
+
+def encode_given(request, layout: Layout, vae) -> torch.Tensor | None:
+    """Latents (C, N, h, w) with the given frames at their places (zeros elsewhere), or None."""
+    if request.given is None:
+        return None
+    frames = request.given.float()[None]  # (1, C, K, H, W) pixels in [-1, 1]
+    latents = (frames if vae is None else vae.encode(frames.to(vae.device), sample=False))[0].cpu()  # (C', K, h, w)
+    placed = latents.new_zeros((latents.shape[0], layout.frames, *latents.shape[2:]))  # (C', N, h, w)
+    placed[:, [p % layout.frames for p in request.given_at]] = latents
+    return placed
+
+
+def sample_windows(denoise, noise, layout: Layout, given: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """Latents (B, C, N, h, w) of `batch` videos, window by window: `denoise(noise, given, given_mask)` samples
+    one window, `noise(length)` draws the next window's x_T (B, C, L, h, w); `given` (C, N, h, w) or None."""
+    video = None
+    known = layout.given[None].expand(batch, -1).clone()  # (B, N)
+    for start, length in layout.windows:
+        x_t = noise(length)  # (B, C, L, h, w)
+        if video is None:
+            video = x_t.new_zeros((batch, x_t.shape[1], layout.frames, *x_t.shape[3:]))  # (B, C, N, h, w)
+            if given is not None:
+                video[:] = given.to(video)
+        mask = known[:, start:start + length]  # (B, L): asked frames, and the overlap with the window before
+        if mask.any():
+            x0 = denoise(x_t, video[:, :, start:start + length], mask)
+        else:
+            x0 = denoise(x_t, None, None)
+        video[:, :, start:start + length] = x0
+        known[:, start:start + length] = True
+    return video
+
+
+# -- reading the inputs --------------------------------------------------------------------------------
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a frame folder's images in frame order (each name and contents)."""
+    digest = hashlib.sha256()
+    for file in frame_files(path) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def _npz_frames(path: Path) -> torch.Tensor:
+    """The one video of an .npz (key "videos" float (1, C, F, H, W) in [-1, 1], as `latte sample` writes)."""
+    try:
+        with np.load(path) as data:
+            videos = data["videos"] if "videos" in data else None
+    except (OSError, ValueError) as exc:
+        raise LatteError(f"cannot read {path}: {exc}") from None
+    if videos is None or videos.ndim != 5 or videos.shape[1] not in (1, 3):
+        raise LatteError(f"{path} holds no 'videos' array (N, 1 or 3, F, H, W)")
+    if len(videos) != 1:
+        raise LatteError(f"{path} holds {len(videos)} videos: --context takes one (sample it with --num-videos 1)")
+    return torch.from_numpy(videos[0]).float()  # (C, F, H, W)
+
+
+def fit_frames(frames: torch.Tensor, channels: int, size: tuple[int, int], name: str) -> torch.Tensor:
+    """(C, T, H, W) in [-1, 1] -> (channels, T, *size): RGB to grey by luma, grey repeated to RGB; another size
+    is resized (short side, centre crop, as training data) with a warning."""
+    if frames.shape[0] == 3 and channels == 1:
+        frames = sum(w * c for w, c in zip(LUMA, frames))[None]  # (1, T, H, W)
+    elif frames.shape[0] == 1 and channels == 3:
+        frames = frames.expand(3, -1, -1, -1)
+    elif frames.shape[0] != channels:
+        raise LatteError(f"{name} has {frames.shape[0]} channels; the model makes {channels}-channel videos")
+    if tuple(frames.shape[-2:]) != tuple(size):
+        log.warning("latte sample: warning: %s is %dx%d, resized to the model's %dx%d", name, frames.shape[-1],
+                    frames.shape[-2], size[1], size[0])
+        frames = resize_center_crop(frames.permute(1, 0, 2, 3), size).permute(1, 0, 2, 3).clamp(-1, 1)
+    return frames.contiguous()
+
+
+def read_image(path, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """One frame (channels, 1, H, W) in [-1, 1] from an image file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            frames = _pixels(np.asarray(image.convert("RGB"))[None])
+    except OSError as exc:
+        raise LatteError(f"cannot read image {path}: {exc}") from None
+    return fit_frames(frames, channels, size, str(path))
+
+
+def read_context(path, count: int, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """The last `count` frames (channels, count, H, W) in [-1, 1] of a video file (.mp4, .gif, ...), an .npz
+    written by `latte sample`, or a folder of frame images."""
+    path = Path(path)
+    if not path.exists():
+        raise LatteError(f"context {path} not found")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise LatteError(f"context {path} is one image: give it as --image, or a clip as --context")
+    try:
+        frames = _npz_frames(path) if path.suffix.lower() == ".npz" else None  # (C, F, H, W)
+        total = frames.shape[1] if frames is not None else probe(path).num_frames
+        if total < count:
+            raise LatteError(f"context {path} holds {total} frames, fewer than --context-frames {count}")
+        if frames is None:
+            frames = _pixels(read_frames(path, list(range(total - count, total))))  # (3, K, H, W)
+    except VideoReadError as exc:
+        raise LatteError(f"cannot read context {path}: {exc}") from None
+    return fit_frames(frames[:, frames.shape[1] - count:], channels, size, str(path))
