@@ -15,7 +15,7 @@ and files are read into frames at the run's size and channels (`read_image`, `re
 from __future__ import annotations
 
 import hashlib
-import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from latte.config import TrainSection
 from latte.data.video import IMAGE_SUFFIXES, VideoReadError, frame_files, probe, read_frames, resize_center_crop
 from latte.errors import LatteError
 
-log = logging.getLogger("latte.sample")
 # training's mask kinds (latte.train.frame_masks.KINDS; inference imports nothing from latte.train), and
 # those that give the last frame
 MASK_KINDS = ("first", "prefix", "last", "ends", "random")
@@ -161,9 +160,9 @@ def sample_windows(denoise, noise, layout: Layout, given: torch.Tensor | None, b
             video = x_t.new_zeros((batch, x_t.shape[1], layout.frames, *x_t.shape[3:]))  # (B, C, N, h, w)
             if given is not None:
                 video[:] = given.to(video)
-        mask = known[:, start:start + length]  # (B, L): asked frames, and the overlap with the window before
+        mask = known[:, start:start + length].clone()  # (B, L): asked frames, and the overlap with the window before
         if mask.any():
-            x0 = denoise(x_t, video[:, :, start:start + length], mask)
+            x0 = denoise(x_t, video[:, :, start:start + length].clone(), mask)
         else:
             x0 = denoise(x_t, None, None)
         video[:, :, start:start + length] = x0
@@ -185,7 +184,7 @@ def sha256_of(path: Path) -> str:
 
 def _pixels(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
 def _npz_frames(path: Path) -> torch.Tensor:
@@ -212,8 +211,8 @@ def fit_frames(frames: torch.Tensor, channels: int, size: tuple[int, int], name:
     elif frames.shape[0] != channels:
         raise LatteError(f"{name} has {frames.shape[0]} channels; the model makes {channels}-channel videos")
     if tuple(frames.shape[-2:]) != tuple(size):
-        log.warning("latte sample: warning: %s is %dx%d, resized to the model's %dx%d", name, frames.shape[-1],
-                    frames.shape[-2], size[1], size[0])
+        print(f"latte sample: warning: {name} is {frames.shape[-1]}x{frames.shape[-2]}, resized to the model's "
+              f"{size[1]}x{size[0]}", file=sys.stderr)  # the user's to see, whatever logging is set up
         frames = resize_center_crop(frames.permute(1, 0, 2, 3), size).permute(1, 0, 2, 3).clamp(-1, 1)
     return frames.contiguous()
 

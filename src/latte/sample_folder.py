@@ -34,6 +34,9 @@ def check_arguments(args) -> None:
         raise LatteError(f"--seed must be >= 0, got {args.seed}")
     if args.class_label is not None and args.class_label < 0:
         raise LatteError(f"--class-label must be >= 0, got {args.class_label}")
+    for flag, value in {"--context-frames": args.context_frames, "--overlap": args.overlap}.items():
+        if value is not None and value < 1:
+            raise LatteError(f"{flag} must be >= 1, got {value}")
 
 
 def check_output(output: Path, folder_mode: bool, overwrite: bool = False) -> None:
@@ -47,25 +50,29 @@ def check_output(output: Path, folder_mode: bool, overwrite: bool = False) -> No
 
 # Settings recorded since 2026-11-30: a folder written before lacks them, and its videos used these defaults.
 # Precision, recorded since then too, is not here: it defaulted by device, so a folder without it accepts any.
-LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None}
+LATER_KEYS = {"scheduler_options": None, "cache": None, "cache_options": None, "given": None, "overlap": None,
+              "image_cfg_scale": 1.0}
 
 
-def folder_settings(args, request, fps: int) -> dict:
-    """What decides the videos of a sample folder (not how many, nor how they are batched)."""
+def folder_settings(args, request, fps: int, inputs: list[dict] | None = None) -> dict:
+    """What decides the videos of a sample folder (not how many, nor how they are batched); given frames by
+    each input's flag, sha256 and frames (not its path)."""
+    given = [{key: item[key] for key in ("flag", "sha256", "frames")} for item in inputs or []] or None
     checkpoint = resolve_checkpoint(args.checkpoint).resolve()
     return {"checkpoint": str(checkpoint), "checkpoint_size": checkpoint.stat().st_size, "ema": not args.no_ema,
             "seed": request.seed, "sampler": request.sampler, "steps": request.steps, "cfg_scale": request.cfg_scale,
             "eta": request.eta, "num_frames": request.num_frames, "class_label": request.class_label,
             "prompts": request.prompts, "negative_prompt": request.negative_prompt, "fps": fps,
             "scheduler_options": request.scheduler_options, "cache": request.cache, "cache_options": request.cache_options,
-            "precision": request.precision}
+            "precision": request.precision, "given": given, "overlap": request.overlap,
+            "image_cfg_scale": request.image_cfg_scale}
 
 
-def claim_folder(output: Path, args, request, fps: int) -> FolderLock:
+def claim_folder(output: Path, args, request, fps: int, inputs: list[dict] | None = None) -> FolderLock:
     """Lock the folder and check it holds nothing but this run's videos; returns the held lock."""
     lock = FolderLock(output, "sample").acquire()
     try:
-        settings = folder_settings(args, request, fps)
+        settings = folder_settings(args, request, fps, inputs)
         path = output / SETTINGS
         if path.is_file():
             try:

@@ -7,6 +7,9 @@ a manifest.jsonl naming each video's caption or class (a text model's folder rea
 `captions` dataset).
 Text-to-video checkpoints take --prompt (repeatable) or --prompt-file; video i shows prompt i mod the
 prompt count, guided (--cfg-scale) against the empty prompt or --negative-prompt.
+Frame conditioning (latte.frame_conditioning): --image (frame 0 given), --context (a clip's last K frames
+given as the first K), --end-image (the last frame given), and --num-frames beyond the model's window,
+window by window; a folder's manifest records each input's sha256.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from latte.devices import PRECISIONS, pick_device
 from latte.diffusion import SAMPLERS
 from latte.diffusion.samplers import parse_scheduler_options
 from latte.errors import LatteError
+from latte.frame_conditioning import default_overlap, pixel_frames, read_context, read_image, sha256_of
 from latte.inference import VideoGenerator, load_run
 from latte.sample_folder import check_arguments, check_output, claim_folder
 from latte.sampling import default_precision, video_seed
@@ -65,6 +71,26 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="PAB: KIND=INTERVAL[@LO-HI],... for spatial/temporal/cross "
                              "(default spatial=2@100-800,temporal=4@100-800,cross=6@100-900)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block in place")
+    frames = parser.add_argument_group(
+        "frame conditioning", "given frames are kept exactly; the model must have trained with train.mask_* "
+        "(else refused, unless --force). More --num-frames than the model's window: window by window, each "
+        "given the last --overlap frames of the one before.")
+    frames.add_argument("--image", metavar="FILE", help="image-to-video: the first frame (png, jpg, ...)")
+    frames.add_argument("--context", metavar="PATH",
+                        help="continue a clip (.mp4, .gif, .npz from latte sample, or a folder of frames): its "
+                             "last --context-frames frames are the first ones")
+    frames.add_argument("--context-frames", type=int, default=None, metavar="K",
+                        help="default: the run's train.mask_prefix_frames, else half the window")
+    frames.add_argument("--end-image", metavar="FILE", help="the last frame (with --image: interpolation)")
+    frames.add_argument("--overlap", type=int, default=None, metavar="O",
+                        help="long videos: frames each window shares with the one before (default: half the window)")
+    frames.add_argument("--image-cfg-scale", type=float, default=1.0, metavar="S",
+                        help="guidance of the given frames (1 = off), as Open-Sora 2.0: out = n0 + S (nf - n0) + "
+                             "C (cf - nf), cf/nf the model with the given frames and the class or prompt / the null "
+                             "class or negative prompt, n0 the null one without them (those frames generated too), "
+                             "C the --cfg-scale; without class or text guidance out = c0 + S (cf - c0)")
+    frames.add_argument("--force", action="store_true",
+                        help="sample given frames from a checkpoint trained without the frame masks they need")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output file (never a file a run depends on; folders resume instead)")
     return parser
@@ -83,10 +109,36 @@ def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
     return prompts
 
 
-def write_manifest(folder: Path, generator: VideoGenerator, request) -> Path:
+def read_given_frames(args, generator: VideoGenerator) -> tuple[torch.Tensor | None, tuple[int, ...], list[dict]]:
+    """The frames --image, --context and --end-image give, (C, K, H, W) at the run's size and channels, their
+    positions, and each input's {"flag", "path", "sha256", "frames"} (a one-line error for a bad one)."""
+    if args.image and args.context:
+        raise LatteError("--image and --context both give the first frames: use one")
+    if args.context_frames is not None and not args.context:
+        raise LatteError("--context-frames applies with --context")
+    c = generator.model.config
+    channels, size = pixel_frames(c, generator.vae)
+    count = args.context_frames or generator.config.train.mask_prefix_frames or default_overlap(c.num_frames,
+                                                                                                c.temporal_stride)
+    asked = [("--image", args.image, lambda p: read_image(p, channels, size), (0,)),
+             ("--context", args.context, lambda p: read_context(p, count, channels, size), tuple(range(count))),
+             ("--end-image", args.end_image, lambda p: read_image(p, channels, size), (-1,))]
+    parts, places, inputs = [], (), []
+    for flag, path, read, at in asked:
+        if path:
+            parts.append(read(path))  # (C, k, H, W)
+            places += at
+            inputs.append({"flag": flag, "path": str(Path(path).resolve()), "sha256": sha256_of(Path(path)),
+                           "frames": list(at)})
+    return (torch.cat(parts, dim=1) if parts else None), places, inputs
+
+
+def write_manifest(folder: Path, generator: VideoGenerator, request, inputs: list[dict] | None = None) -> Path:
     """folder/manifest.jsonl: one {"path", "seed" (the video's own noise seed), "caption" or "label"} line
-    per video of the request."""
-    lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": video_seed(request.seed, i), **asked})
+    per video of the request, with "given" (each frame input's flag, path, sha256 and frames) when frames
+    are given."""
+    given = {"given": inputs} if inputs else {}
+    lines = [json.dumps({"path": f"{i:06d}.mp4", "seed": video_seed(request.seed, i), **asked, **given})
              for i, asked in enumerate(generator.conditions(request))]
     with atomic_path(folder / "manifest.jsonl") as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -110,13 +162,15 @@ def run(args) -> int:
     generator = load_run(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
     if args.compile:
         generator.compile()
+    given, given_at, inputs = read_given_frames(args, generator)
     request = generator.request(num_videos=num_videos, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                 class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                                 num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
                                 negative_prompt=args.negative_prompt, precision=precision,
                                 cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
-                                scheduler_options=scheduler_options)
-    generator.check(request)  # before any work
+                                scheduler_options=scheduler_options, given=given, given_at=given_at,
+                                overlap=args.overlap, image_cfg_scale=args.image_cfg_scale)
+    generator.check(request, force=args.force)  # before any work
     fps = args.fps if args.fps is not None else generator.fps
     if not folder_mode:
         videos, _ = generator.generate(request)
@@ -124,10 +178,10 @@ def run(args) -> int:
             print(path)
         return 0
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    lock = claim_folder(output, args, request, fps) if rank == 0 else None  # one writer, one set of settings
+    lock = claim_folder(output, args, request, fps, inputs) if rank == 0 else None  # one writer, one set of settings
     try:
         if rank == 0:
-            write_manifest(output, generator, request)
+            write_manifest(output, generator, request, inputs)
         todo = [i for i in range(rank, num_videos, world) if not (output / f"{i:06d}.mp4").exists()]
         print(f"rank {rank}: {len(todo)} of {len(range(rank, num_videos, world))} videos to generate into {output}")
         for start in range(0, len(todo), args.batch_size):
