@@ -74,16 +74,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     frames = parser.add_argument_group(
         "frame conditioning", "given frames are kept exactly; the model must have trained with train.mask_* "
         "(else refused, unless --force). More --num-frames than the model's window: window by window, each "
-        "given the last --overlap frames of the one before.")
+        "given the last --overlap frames of the one before, when frames are given, --overlap is set or the run "
+        "trained with masks (else one pass, as before).")
     frames.add_argument("--image", metavar="FILE", help="image-to-video: the first frame (png, jpg, ...)")
     frames.add_argument("--context", metavar="PATH",
                         help="continue a clip (.mp4, .gif, .npz from latte sample, or a folder of frames): its "
                              "last --context-frames frames are the first ones")
     frames.add_argument("--context-frames", type=int, default=None, metavar="K",
-                        help="default: the run's train.mask_prefix_frames, else half the window")
+                        help="frames of the context given; None: the run's train.mask_prefix_frames, else half the window")
     frames.add_argument("--end-image", metavar="FILE", help="the last frame (with --image: interpolation)")
     frames.add_argument("--overlap", type=int, default=None, metavar="O",
-                        help="long videos: frames each window shares with the one before (default: half the window)")
+                        help="long videos: frames each window shares with the one before; None: half the window")
     frames.add_argument("--image-cfg-scale", type=float, default=1.0, metavar="S",
                         help="guidance of the given frames (1 = off), as Open-Sora 2.0: out = n0 + S (nf - n0) + "
                              "C (cf - nf), cf/nf the model with the given frames and the class or prompt / the null "
