@@ -169,6 +169,7 @@ def test_each_bad_input_is_one_line_and_writes_nothing(ws, tmp_path, capsys):
         ("prefix", ["--end-image", image], "never learned a given last frame"),
         ("tubelet", ["--image", image], "split a tubelet of 2 frames"),
         ("tubelet", ["--num-frames", "8", "--overlap", "1"], "--overlap 1 splits a tubelet"),
+        ("tubelet", ["--num-frames", "7", "--overlap", "2"], "are not whole tubelets of 2 frames"),
         ("plain", ["--image", image], "trained without frame masks"),
         ("plain", ["--num-frames", "6", "--overlap", "2"], "trained without frame masks"),
         ("prefix", ["--overlap", "4", "--num-frames", "6"], "--overlap must be in [1, 3]"),

@@ -85,7 +85,10 @@ def check_layout(request, num_frames: int, unit: int) -> Layout:
     known = given.clone()  # (N,) frames given or generated before the window
     for start, length in windows:
         window = known[start:start + length]  # (L,)
-        if length % unit or (window.view(-1, unit).any(1) != window.view(-1, unit).all(1)).any():
+        if length % unit:
+            raise LatteError(f"frames {start}..{start + length - 1} are not whole tubelets of {unit} frames "
+                             f"(model.patch_embed tubelet): give --num-frames as a multiple of {unit}")
+        if (window.view(-1, unit).any(1) != window.view(-1, unit).all(1)).any():  # (L / unit,) per tubelet
             raise LatteError(f"the given frames of frames {start}..{start + length - 1} split a tubelet of {unit} "
                              "frames (model.patch_embed tubelet): give whole tubelets")
         if window.all():
