@@ -2,6 +2,7 @@
 driven by benchmarks/demo_latency.py's functions), through gradio's Python client, and the parts it
 stands on (the sampling progress callback, the one-line errors before any server starts)."""
 import importlib.util
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -36,7 +37,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(run):
     port = page.free_port()
-    proc = page.start_demo(run, port)
+    proc = page.start_demo(run, port, "--queue-size", "1")
     yield f"http://127.0.0.1:{port}/", proc
     page.stop(proc)
 
@@ -115,6 +116,24 @@ def test_bad_input_is_a_message_on_the_page_and_the_server_keeps_serving(server,
     assert state["error"] is None and proc.poll() is None
 
 
+def test_one_generation_runs_at_a_time_with_its_progress_and_the_queue_is_bounded(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    asked = dict(class_label=1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False,
+                 num_videos=1, num_frames=FRAMES, api_name="/generate")
+    long = client.submit(**{**asked, "steps": 600})
+    running = page.wait_for(lambda: (s := long.status()).progress_data and s, 60, "progress")
+    waiting = client.submit(**asked)
+    queued = page.wait_for(lambda: (s := waiting.status()).code.name == "IN_QUEUE" and s, 30, "queued")
+    refused = client.submit(**asked)  # --queue-size 1: the queue is full
+    with pytest.raises(Exception, match="Queue is full"):
+        refused.result(timeout=60)
+    assert not long.done() and (queued.rank, queued.queue_size) == (0, 1)
+    unit = running.progress_data[0]
+    assert (unit.length, unit.unit, unit.desc) == (600, "steps", "sampling") and 0 <= unit.index < 600
+    assert long.result(timeout=120)[2] == 0 and waiting.result(timeout=120)[2] == 0
+
+
 def test_generate_reports_solver_steps_over_all_batches(run):
     generator = load_generator(run)
     heard = []
@@ -123,7 +142,7 @@ def test_generate_reports_solver_steps_over_all_batches(run):
     assert heard == [(k, 8) for k in range(9)]  # two batches of 4 DDIM steps, then the end
 
 
-def test_a_wrong_checkpoint_is_one_line_before_any_server_and_gradio_stays_optional(tmp_path, monkeypatch):
+def test_a_wrong_checkpoint_or_a_taken_port_is_one_line_and_gradio_stays_optional(run, tmp_path, monkeypatch):
     env = {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "latte.cli", "demo", "--checkpoint", str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=120, env=env)
@@ -132,6 +151,13 @@ def test_a_wrong_checkpoint_is_one_line_before_any_server_and_gradio_stays_optio
     parsed = subprocess.run([sys.executable, "-c", "import sys; from latte.cli import build_parser; build_parser(); "
                              "print('gradio' in sys.modules)"], capture_output=True, text=True, timeout=120, env=env)
     assert parsed.stdout.strip() == "False", parsed.stderr  # `latte --help` never imports gradio
+    with socket.socket() as taken:  # a port in use is one line too, after the model loaded
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "latte.cli", "demo", "--checkpoint", str(run), "--port",
+                               str(taken.getsockname()[1])], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("latte demo: error: cannot serve on 127.0.0.1:"), proc.stderr
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     with pytest.raises(LatteError, match=r"pip install 'latte\[demo\]'"):
         import_gradio()

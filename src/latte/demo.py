@@ -184,8 +184,12 @@ def serve(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = F
     gr = import_gradio()
     page = build_page(demo, gr)
     page.queue(max_size=queue_size, default_concurrency_limit=1)
-    page.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=False,
-                enable_monitoring=False)
+    try:
+        page.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=False,
+                    enable_monitoring=False, quiet=not share)  # quiet: gradio's hints name launch(), not our flags
+    except OSError as exc:  # gradio's "Cannot find empty port", or an address that is not this machine's
+        raise LatteError(f"cannot serve on {host}:{port} ({exc.strerror or 'in use'}): choose another --port "
+                         "or --host") from exc
 
 
 __all__ = ["Demo", "OFFLINE_ENV", "Result", "build_page", "import_gradio", "run_prompts", "serve"]

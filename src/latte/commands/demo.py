@@ -57,7 +57,7 @@ def run(args) -> int:
                     args.example_prompt or run_prompts(generator))
         generator.check(generator.request(precision=demo.precision, cache=demo.cache,
                                           cache_options=demo.cache_options))  # bad cache options: before serving
-        print(f"latte demo: {generator.path} on {device} ({precision}); serving http://{args.host}:{args.port}",
-              flush=True)
+        print(f"latte demo: {generator.path} on {device} ({precision}); serving http://{args.host}:{args.port} "
+              "(Ctrl+C stops)", flush=True)
         serve(demo, args.host, args.port, args.share, args.queue_size)
     return 0
