@@ -14,10 +14,12 @@ from gradio_client import Client
 from PIL import Image
 from selenium.webdriver.common.by import By
 from test_inference import tiny_run
+from test_text_training import CAPTION, text_config
 
-from latte.demo import import_gradio
+from latte.demo import Demo, build_page, import_gradio, run_prompts
 from latte.errors import LatteError
 from latte.inference import load_generator
+from latte.train.run import train
 from latte.video_io import read_video, save_videos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +163,23 @@ def test_a_wrong_checkpoint_or_a_taken_port_is_one_line_and_gradio_stays_optiona
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     with pytest.raises(LatteError, match=r"pip install 'latte\[demo\]'"):
         import_gradio()
+
+
+def test_a_text_model_asks_for_a_prompt_with_the_runs_captions_as_examples(tmp_path):
+    output = tmp_path / "text-run"
+    train(text_config(output, "train.max_steps=2"), write_samples_at_end=True, log=lambda *_: None)
+    generator = load_generator(output)
+    generator.load_text_encoder()
+    examples = run_prompts(generator)
+    assert examples and all(CAPTION.fullmatch(text) for text in examples)
+    demo = Demo(generator, tmp_path / "videos", example_prompts=examples)
+    asked = dict(class_label=None, sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False, num_videos=1,
+                 num_frames=FRAMES)
+    with pytest.raises(LatteError, match="text-to-video model: write a prompt"):
+        demo.run(prompt="  ", **asked)
+    result = demo.run(prompt=examples[0], **asked)
+    assert read_video(result.video).shape[0] == FRAMES and result.seed == 0
+    blocks = build_page(demo, import_gradio())
+    shown = {c.label: c.visible for c in blocks.blocks.values() if getattr(c, "label", None) in ("prompt", "class")}
+    assert shown == {"prompt": True, "class": False}
+    assert any(type(c).__name__ == "Dataset" for c in blocks.blocks.values())  # the example prompts
