@@ -80,6 +80,8 @@ def test_a_class_picked_in_the_browser_gives_the_video_latte_samples_and_the_bro
     first = page.video_state(browser)["time"]
     page.wait_for(lambda: page.video_state(browser)["time"] != first, 10, "video playback")
     assert browser.find_element(By.CSS_SELECTOR, "#used-seed input").get_attribute("value") == "11"
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched and all(name.startswith(url) for name in fetched), fetched  # nothing from outside the machine
     filmstrip = page.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#filmstrip img"), 10, "filmstrip")
     assert filmstrip[0].get_attribute("naturalWidth") not in (None, "0")
 
