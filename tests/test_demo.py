@@ -179,6 +179,11 @@ def test_a_text_model_asks_for_a_prompt_with_the_runs_captions_as_examples(tmp_p
                  num_frames=FRAMES)
     with pytest.raises(LatteError, match="text-to-video model: write a prompt"):
         demo.run(prompt="  ", **asked)
+    for field, value, message in [("cfg_scale", None, "guidance must be a number"),
+                                  ("steps", 2.5, "steps must be a whole number"),
+                                  ("num_videos", 9, r"number of videos must be in \[1, 8\]")]:
+        with pytest.raises(LatteError, match=message):
+            demo.run(prompt="a digit", **{**asked, field: value})
     result = demo.run(prompt=examples[0], **asked)
     assert read_video(result.video).shape[0] == FRAMES and result.seed == 0
     blocks = build_page(demo, import_gradio())

@@ -13,6 +13,7 @@ gradio is an optional extra (`pip install 'latte[demo]'`), imported by `import_g
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -90,7 +91,7 @@ class Demo:
             raise LatteError("this is a text-to-video model: write a prompt")
         label = None if class_label in (None, EVERY_CLASS) or self.condition != "class" else whole(class_label, "class")
         request = self.generator.request(
-            num_videos=num_videos, sampler=sampler, steps=steps, cfg_scale=float(cfg_scale), class_label=label,
+            num_videos=num_videos, sampler=sampler, steps=steps, cfg_scale=finite(cfg_scale, "guidance"), class_label=label,
             seed=seed, batch_size=num_videos, num_frames=num_frames,
             prompts=[prompt] if self.condition == "text" else None, precision=self.precision, cache=self.cache,
             cache_options=self.cache_options)
@@ -103,12 +104,20 @@ class Demo:
         return Result(video, filmstrip, seed)
 
 
-def whole(value, name: str) -> int:
-    """A whole number from a page field (gradio sends numbers as floats); a one-line error otherwise."""
+def finite(value, name: str) -> float:
+    """A finite number from a page field; a one-line error otherwise."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise LatteError(f"{name} must be a whole number, got {value!r}") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise LatteError(f"{name} must be a number, got {value!r}")
+    return number
+
+
+def whole(value, name: str) -> int:
+    """A whole number from a page field (gradio sends numbers as floats); a one-line error otherwise."""
+    number = finite(value, name)
     if not number.is_integer():
         raise LatteError(f"{name} must be a whole number, got {value!r}")
     return int(number)
