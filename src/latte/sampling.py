@@ -7,6 +7,7 @@ models take video i's prompt from the request's prompts in turn (prompt i mod th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from latte.devices import PRECISIONS
 from latte.diffusion import sample as diffusion_sample
+from latte.diffusion.samplers import scheduler_for
 from latte.errors import LatteError
 from latte.frame_conditioning import encode_given, frame_layout, sample_windows
 from latte.models import Latte
@@ -136,14 +138,30 @@ def window_noise(indices: list[int], shape: tuple, seed: int, device):
     return noise
 
 
+def step_hooks(*hooks: Callable[[float], None] | None) -> Callable[[float], None] | None:
+    """One `on_step(timestep)` callback for `sample` calling each hook given (None: skipped), or None."""
+    hooks = [hook for hook in hooks if hook is not None]
+    if not hooks:
+        return None
+
+    def on_step(timestep: float) -> None:
+        for hook in hooks:
+            hook(timestep)
+
+    return on_step
+
+
 @torch.no_grad()
 def generate(model: Latte, objective, request: SampleRequest, indices: list[int] | None = None, vae=None,
              device: torch.device | str = "cpu", progress: bool = True,
-             text_encoder=None, cache_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             text_encoder=None, cache_stats: dict | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Videos (N, C, F, H, W) in [-1, 1] (decoded by the VAE when given) and their labels (None for text
     models, whose prompts are encoded by `text_encoder`), sampled with the run's objective
     (latte.diffusion.objective). `cache_stats`, when given, accumulates the
-    attention cache's "calls" and "computed" counts. Given frames and long videos: latte.frame_conditioning."""
+    attention cache's "calls" and "computed" counts. `on_progress(done, total)`, when given, hears the
+    solver steps done over all batches and windows before each step and once at the end (the web demo's
+    progress bar). Given frames and long videos: latte.frame_conditioning."""
     c = model.config
     indices = list(range(request.num_videos)) if indices is None else indices
     frames = request.num_frames or c.num_frames
@@ -159,6 +177,17 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
     given = encode_given(request, layout, vae) if layout is not None else None  # (C, N, h, w) latents
     outputs = []
     chunks = [indices[i:i + request.batch_size] for i in range(0, len(indices), request.batch_size)]
+    windows = 1 if layout is None else len(layout.windows)
+    steps = len(scheduler_for(objective, request.sampler, request.steps, request.scheduler_options,
+                              request.grid).timesteps) if on_progress is not None else 0
+    total = len(chunks) * windows * steps
+    done = 0
+
+    def count_step(_timestep: float) -> None:
+        nonlocal done
+        on_progress(done, total)
+        done += 1
+
     for n, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) == 1)):
         y = None if labels is None else labels[n * request.batch_size:n * request.batch_size + len(chunk)].to(device)
         generator = torch.Generator().manual_seed(video_seed(request.seed, chunk[0]) + 7)
@@ -177,7 +206,8 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
                     null_class=c.num_classes if guided and prompts is None else None, model_kwargs=kwargs,
                     uncond_kwargs=uncond, generator=generator, device=device, progress=progress and len(chunks) == 1,
                     noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid,
-                    on_step=getattr(model_fn, "at_time", None),  # the PAB cache hears each step's timestep
+                    on_step=step_hooks(getattr(model_fn, "at_time", None),  # the PAB cache hears each step's timestep
+                                       count_step if on_progress is not None else None),
                     given=given_frames, given_mask=given_mask, image_cfg_scale=request.image_cfg_scale)
                 if cache_stats is not None and model_fn is not model:
                     for name in ("calls", "computed"):
@@ -191,4 +221,6 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
         if vae is not None:
             x0 = vae.decode(x0)
         outputs.append(x0.clamp(-1, 1).float().cpu())
+    if on_progress is not None:
+        on_progress(done, total)
     return torch.cat(outputs), labels

@@ -1,0 +1,204 @@
+"""The web demo's page (`latte demo`): one gradio page over latte.inference's VideoGenerator.
+
+The model is loaded once, before the server starts; each click builds a request with
+`generator.request`, checks it with `generator.check` and samples it with `generator.generate`: nothing
+here loads checkpoints or samples on its own. The checkpoint decides the inputs: a class picker
+(its dataset's class names where recorded), a prompt box with example prompts (text models), or
+neither (unconditional); the samplers its objective takes; steps up to its timesteps; frames up to its
+trained count. The result is an H.264 mp4 (which Debian's Chromium plays) and the PNG filmstrip,
+written by latte.video_io. One generation runs at a time; others wait in a bounded queue that shows
+their place. A request the model cannot serve is a message on the page, and the server keeps serving.
+
+gradio is an optional extra (`pip install 'latte[demo]'`), imported by `import_gradio` only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from latte.diffusion import DEFAULT_STEPS
+from latte.errors import LatteError
+from latte.inference import VideoGenerator
+from latte.video_io import save_videos
+
+# set before gradio is imported: no usage reports, no version check, no Hub calls, nothing leaves the machine
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
+               "GRADIO_SSR_MODE": "False"}
+MAX_VIDEOS = 8
+EVERY_CLASS = -1  # the class picker's "every class in turn" (class_label None)
+SEED_RANGE = 2**31
+
+
+def import_gradio():
+    """gradio, with its network features off (OFFLINE_ENV); a one-line error naming the install command
+    when it is missing."""
+    os.environ.update(OFFLINE_ENV)
+    try:
+        import gradio  # local: an optional dependency that takes seconds to import
+    except ImportError:
+        raise LatteError("latte demo needs gradio: pip install 'latte[demo]'") from None
+    return gradio
+
+
+@dataclass
+class Result:
+    """One click's output: the video (the videos tiled), their filmstrip and the seed they were drawn with."""
+
+    video: Path
+    filmstrip: Path
+    seed: int
+
+
+class Demo:
+    """A loaded generator and the options fixed at start (precision, PAB cache); `run` makes one Result."""
+
+    def __init__(self, generator: VideoGenerator, folder: Path, precision: str = "fp32", cache: str | None = None,
+                 cache_options: str | None = None, example_prompts: list[str] | None = None):
+        self.generator, self.folder = generator, Path(folder)
+        self.precision, self.cache, self.cache_options = precision, cache, cache_options
+        config = generator.model.config
+        self.condition = "text" if config.is_text else "class" if config.num_classes > 0 else "unconditional"
+        self.example_prompts = example_prompts or []
+        names = generator.class_names or [str(i) for i in range(config.num_classes)]
+        self.class_choices = [("every class in turn", EVERY_CLASS)] + [(n, i) for i, n in enumerate(names)]
+        self.samplers = tuple(generator.diffusion.samplers)
+        self.defaults = generator.request()  # the run's sampler, steps and guidance
+        self.max_steps = generator.diffusion.num_timesteps
+        self.frame_step, self.max_frames = config.temporal_stride, config.num_frames
+        self.count = 0
+
+    def run(self, class_label: int | None, prompt: str, sampler: str, steps, cfg_scale, seed, random_seed: bool,
+            num_videos, num_frames, on_progress: Callable[[int, int], None] | None = None) -> Result:
+        """Videos of one request (one-line LatteError for input the model cannot serve, before any work)."""
+        steps, num_videos, num_frames = (whole(steps, "steps"), whole(num_videos, "number of videos"),
+                                         whole(num_frames, "number of frames"))
+        if not 1 <= num_videos <= MAX_VIDEOS:
+            raise LatteError(f"number of videos must be in [1, {MAX_VIDEOS}], got {num_videos}")
+        if not (self.frame_step <= num_frames <= self.max_frames and num_frames % self.frame_step == 0):
+            raise LatteError(f"number of frames must be a multiple of {self.frame_step} in "
+                             f"[{self.frame_step}, {self.max_frames}], got {num_frames}")
+        if not 1 <= steps <= self.max_steps:  # 0 would mean "the sampler's default" to the library
+            raise LatteError(f"steps must be in [1, {self.max_steps}], got {steps}")
+        seed = secrets.randbelow(SEED_RANGE) if random_seed else whole(seed, "seed")
+        if not 0 <= seed < SEED_RANGE:
+            raise LatteError(f"seed must be in [0, {SEED_RANGE - 1}], got {seed}")
+        prompt = (prompt or "").strip()
+        if self.condition == "text" and not prompt:
+            raise LatteError("this is a text-to-video model: write a prompt")
+        label = None if class_label in (None, EVERY_CLASS) or self.condition != "class" else whole(class_label, "class")
+        request = self.generator.request(
+            num_videos=num_videos, sampler=sampler, steps=steps, cfg_scale=finite(cfg_scale, "guidance"), class_label=label,
+            seed=seed, batch_size=num_videos, num_frames=num_frames,
+            prompts=[prompt] if self.condition == "text" else None, precision=self.precision, cache=self.cache,
+            cache_options=self.cache_options)
+        self.generator.check(request)
+        videos, _ = self.generator.generate(request, progress=False, on_progress=on_progress)
+        self.count += 1
+        stem = self.folder / f"{self.count:05d}_seed{seed}"
+        video, = save_videos(stem.with_suffix(".mp4"), videos, fps=self.generator.fps)
+        filmstrip, = save_videos(stem.with_suffix(".png"), videos)
+        return Result(video, filmstrip, seed)
+
+
+def finite(value, name: str) -> float:
+    """A finite number from a page field; a one-line error otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise LatteError(f"{name} must be a number, got {value!r}")
+    return number
+
+
+def whole(value, name: str) -> int:
+    """A whole number from a page field (gradio sends numbers as floats); a one-line error otherwise."""
+    number = finite(value, name)
+    if not number.is_integer():
+        raise LatteError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def run_prompts(generator: VideoGenerator) -> list[str]:
+    """A text run's example prompts: the training captions its last sample filmstrip showed
+    (<run>/samples/*.txt, written by training), without repeats; none for other sources."""
+    if generator.path is None or not generator.model.config.is_text:
+        return []
+    for run in (generator.path, generator.path.parent, generator.path.parent.parent):
+        texts = sorted((run / "samples").glob("*.txt"), key=lambda p: p.stat().st_mtime) if run.is_dir() else []
+        if texts:
+            return list(dict.fromkeys(line.strip() for line in texts[-1].read_text().splitlines() if line.strip()))
+    return []
+
+
+def build_page(demo: Demo, gr):
+    """The gradio Blocks of the page; the Generate button's endpoint is /generate."""
+    d, kind = demo.defaults, demo.generator.kind
+    with gr.Blocks(title="latte demo", analytics_enabled=False) as page:
+        gr.Markdown(f"## latte demo\n`{demo.generator.path}` ({kind}, {demo.condition}, "
+                    f"{demo.generator.diffusion.name}, {demo.generator.device.type}, {demo.precision}"
+                    f"{', PAB cache' if demo.cache else ''})")
+        with gr.Row():
+            with gr.Column():
+                class_label = gr.Dropdown(demo.class_choices, value=EVERY_CLASS, label="class",
+                                          visible=demo.condition == "class", elem_id="class")
+                prompt = gr.Textbox("", label="prompt", visible=demo.condition == "text", elem_id="prompt")
+                if demo.condition == "text" and demo.example_prompts:
+                    gr.Examples(demo.example_prompts[:8], inputs=prompt, label="example prompts")
+                if demo.condition == "unconditional":
+                    gr.Markdown("This model is unconditional: no class or prompt to pick.")
+                sampler = gr.Dropdown(list(demo.samplers), value=d.sampler, label="sampler", elem_id="sampler")
+                steps = gr.Number(d.steps or DEFAULT_STEPS[d.sampler], label=f"steps (1 to {demo.max_steps})", precision=0, elem_id="steps")
+                cfg_scale = gr.Slider(1.0, max(10.0, d.cfg_scale), value=d.cfg_scale, step=0.5, label="guidance (1: none)",
+                                      visible=demo.condition != "unconditional")
+                with gr.Row():
+                    seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
+                    random_seed = gr.Checkbox(False, label="random seed", elem_id="random-seed")
+                num_videos = gr.Slider(1, MAX_VIDEOS, value=1, step=1, label="number of videos")
+                num_frames = gr.Slider(demo.frame_step, demo.max_frames, value=demo.max_frames, step=demo.frame_step,
+                                       label="number of frames")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                video = gr.Video(label="video", buttons=["download"], autoplay=True, loop=True, height=360,
+                                 elem_id="video")
+                filmstrip = gr.Image(label="filmstrip (a row per video)", type="filepath", height=200,
+                                     elem_id="filmstrip")
+                used_seed = gr.Number(label="seed used", precision=0, interactive=False, elem_id="used-seed")
+
+        tracker = gr.Progress()  # gradio fills in a click's own progress bar for a parameter defaulting to one
+
+        def generate(class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos, num_frames,
+                     progress=tracker):
+            def on_progress(done: int, total: int) -> None:
+                progress((done, total), desc="sampling", unit="steps")
+
+            try:
+                result = demo.run(class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos,
+                                  num_frames, on_progress)
+            except LatteError as exc:
+                raise gr.Error(str(exc)) from None
+            return str(result.video), str(result.filmstrip), result.seed
+
+        button.click(generate, [class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos,
+                                num_frames], [video, filmstrip, used_seed], api_name="generate")
+    return page
+
+
+def serve(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = False, queue_size: int = 8) -> None:
+    """Serve the page until interrupted: one generation at a time, `queue_size` more waiting."""
+    gr = import_gradio()
+    page = build_page(demo, gr)
+    page.queue(max_size=queue_size, default_concurrency_limit=1)
+    try:
+        page.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=False,
+                    enable_monitoring=False, quiet=not share)  # quiet: gradio's hints name launch(), not our flags
+    except OSError as exc:  # gradio's "Cannot find empty port", or an address that is not this machine's
+        raise LatteError(f"cannot serve on {host}:{port} ({exc.strerror or 'in use'}): choose another --port "
+                         "or --host") from exc
+
+
+__all__ = ["Demo", "OFFLINE_ENV", "Result", "build_page", "import_gradio", "run_prompts", "serve"]

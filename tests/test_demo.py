@@ -1,0 +1,192 @@
+"""`latte demo` on a tiny run trained here: in a real browser (Debian's headless Chromium through selenium,
+driven by benchmarks/demo_latency.py's functions), through gradio's Python client, and the parts it
+stands on (the sampling progress callback, the one-line errors before any server starts)."""
+import importlib.util
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+from selenium.webdriver.common.by import By
+from test_inference import tiny_run
+from test_text_training import CAPTION, text_config
+
+from latte.demo import Demo, build_page, import_gradio, run_prompts
+from latte.errors import LatteError
+from latte.inference import load_generator
+from latte.train.run import train
+from latte.video_io import read_video, save_videos
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("demo_latency", ROOT / "benchmarks" / "demo_latency.py")
+page = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(page)
+FRAMES = 4  # the tiny-test preset's frame count
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    tiny_run(output, "train.max_steps=2")  # class-conditional digits; samples with DDIM 4 steps
+    return output
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    port = page.free_port()
+    proc = page.start_demo(run, port, "--queue-size", "1")
+    yield f"http://127.0.0.1:{port}/", proc
+    page.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = page.open_chromium(str(tmp_path_factory.mktemp("profile")))
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, url):
+    browser.get(url)
+    page.wait_for(lambda: browser.find_elements(By.ID, "generate"), 60, "Generate button")
+
+
+def test_a_class_picked_in_the_browser_gives_the_video_latte_samples_and_the_browser_plays_it(
+        run, server, browser, tmp_path):
+    url, _ = server
+    open_page(browser, url)
+    page.pick_class(browser, "7")
+    page.type_number(browser, "seed", 11)
+    seconds, state = page.press_generate(browser, timeout=120)
+    print(f"\nGenerate -> playable video in the browser: {seconds:.2f} s (tiny-test model)")
+    assert seconds < 10 and state["error"] is None
+    with urllib.request.urlopen(state["src"]) as response:
+        assert response.status == 200 and response.headers["Content-Type"] == "video/mp4"
+        (tmp_path / "page.mp4").write_bytes(response.read())
+    shown = read_video(tmp_path / "page.mp4")
+    assert shown.shape[0] == FRAMES
+    # the page is a thin layer: the same request through latte.inference writes the same video
+    generator = load_generator(run)
+    videos, _ = generator.generate(generator.request(num_videos=1, class_label=7, seed=11, batch_size=1,
+                                                     num_frames=FRAMES), progress=False)
+    save_videos(tmp_path / "library.mp4", videos, fps=generator.fps)
+    assert np.array_equal(shown, read_video(tmp_path / "library.mp4"))
+    # the browser plays it (autoplay, looped): its clock moves
+    first = page.video_state(browser)["time"]
+    page.wait_for(lambda: page.video_state(browser)["time"] != first, 10, "video playback")
+    assert browser.find_element(By.CSS_SELECTOR, "#used-seed input").get_attribute("value") == "11"
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched and all(name.startswith(url) for name in fetched), fetched  # nothing from outside the machine
+    filmstrip = page.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#filmstrip img"), 10, "filmstrip")
+    assert filmstrip[0].get_attribute("naturalWidth") not in (None, "0")
+
+
+def test_the_python_client_reproduces_a_seed_and_names_the_random_seed_it_drew(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    asked = dict(class_label=3, prompt="", sampler="ddim", steps=3, cfg_scale=1.0, seed=5, random_seed=False,
+                 num_videos=2, num_frames=FRAMES, api_name="/generate")
+    video, filmstrip, seed = client.predict(**asked)
+    again, _, _ = client.predict(**asked)
+    other, _, _ = client.predict(**{**asked, "seed": 6})
+    assert seed == 5 and read_video(video).shape[0] == FRAMES
+    assert np.array_equal(read_video(video), read_video(again))
+    assert not np.array_equal(read_video(video), read_video(other))
+    assert Image.open(filmstrip).size[1] > Image.open(filmstrip).size[0] / FRAMES  # two rows of four frames
+    drawn_video, _, drawn = client.predict(**{**asked, "random_seed": True})
+    replay, _, _ = client.predict(**{**asked, "seed": drawn})
+    assert isinstance(drawn, int) and np.array_equal(read_video(drawn_video), read_video(replay))
+
+
+def test_bad_input_is_a_message_on_the_page_and_the_server_keeps_serving(server, browser):
+    url, proc = server
+    open_page(browser, url)
+    page.type_number(browser, "steps", 0)
+    browser.find_element(By.ID, "generate").click()
+    messages = page.wait_for(lambda: [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")
+                                      if t.text.strip()], 30, "message")
+    assert any("steps must be in [1, 1000], got 0" in text for text in messages), messages
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match=r"seed must be in \[0, 2147483647\], got -3"):
+        client.predict(class_label=-1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=-3,
+                       random_seed=False, num_videos=1, num_frames=FRAMES, api_name="/generate")
+    page.type_number(browser, "steps", 2)
+    seconds, state = page.press_generate(browser, timeout=120)
+    assert state["error"] is None and proc.poll() is None
+
+
+def test_one_generation_runs_at_a_time_with_its_progress_and_the_queue_is_bounded(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    asked = dict(class_label=1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False,
+                 num_videos=1, num_frames=FRAMES, api_name="/generate")
+    long = client.submit(**{**asked, "steps": 600})
+    running = page.wait_for(lambda: (s := long.status()).progress_data and s, 60, "progress")
+    waiting = client.submit(**asked)
+    queued = page.wait_for(lambda: (s := waiting.status()).code.name == "IN_QUEUE" and s, 30, "queued")
+    refused = client.submit(**asked)  # --queue-size 1: the queue is full
+    with pytest.raises(Exception, match="Queue is full"):
+        refused.result(timeout=60)
+    assert not long.done() and (queued.rank, queued.queue_size) == (0, 1)
+    unit = running.progress_data[0]
+    assert (unit.length, unit.unit, unit.desc) == (600, "steps", "sampling") and 0 <= unit.index < 600
+    assert long.result(timeout=120)[2] == 0 and waiting.result(timeout=120)[2] == 0
+
+
+def test_generate_reports_solver_steps_over_all_batches(run):
+    generator = load_generator(run)
+    heard = []
+    generator.generate(generator.request(num_videos=3, batch_size=2, steps=4), progress=False,
+                       on_progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(k, 8) for k in range(9)]  # two batches of 4 DDIM steps, then the end
+
+
+def test_a_wrong_checkpoint_or_a_taken_port_is_one_line_and_gradio_stays_optional(run, tmp_path, monkeypatch):
+    env = {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "latte.cli", "demo", "--checkpoint", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("latte demo: error: model source not found")
+    parsed = subprocess.run([sys.executable, "-c", "import sys; from latte.cli import build_parser; build_parser(); "
+                             "print('gradio' in sys.modules)"], capture_output=True, text=True, timeout=120, env=env)
+    assert parsed.stdout.strip() == "False", parsed.stderr  # `latte --help` never imports gradio
+    with socket.socket() as taken:  # a port in use is one line too, after the model loaded
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "latte.cli", "demo", "--checkpoint", str(run), "--port",
+                               str(taken.getsockname()[1])], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("latte demo: error: cannot serve on 127.0.0.1:"), proc.stderr
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    with pytest.raises(LatteError, match=r"pip install 'latte\[demo\]'"):
+        import_gradio()
+
+
+def test_a_text_model_asks_for_a_prompt_with_the_runs_captions_as_examples(tmp_path):
+    output = tmp_path / "text-run"
+    train(text_config(output, "train.max_steps=2"), write_samples_at_end=True, log=lambda *_: None)
+    generator = load_generator(output)
+    generator.load_text_encoder()
+    examples = run_prompts(generator)
+    assert examples and all(CAPTION.fullmatch(text) for text in examples)
+    demo = Demo(generator, tmp_path / "videos", example_prompts=examples)
+    asked = dict(class_label=None, sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False, num_videos=1,
+                 num_frames=FRAMES)
+    with pytest.raises(LatteError, match="text-to-video model: write a prompt"):
+        demo.run(prompt="  ", **asked)
+    for field, value, message in [("cfg_scale", None, "guidance must be a number"),
+                                  ("steps", 2.5, "steps must be a whole number"),
+                                  ("num_videos", 9, r"number of videos must be in \[1, 8\]")]:
+        with pytest.raises(LatteError, match=message):
+            demo.run(prompt="a digit", **{**asked, field: value})
+    result = demo.run(prompt=examples[0], **asked)
+    assert read_video(result.video).shape[0] == FRAMES and result.seed == 0
+    blocks = build_page(demo, import_gradio())
+    shown = {c.label: c.visible for c in blocks.blocks.values() if getattr(c, "label", None) in ("prompt", "class")}
+    assert shown == {"prompt": True, "class": False}
+    assert any(type(c).__name__ == "Dataset" for c in blocks.blocks.values())  # the example prompts
