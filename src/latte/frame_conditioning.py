@@ -10,7 +10,8 @@ frames (and the asked frames that fall in it), and the last window is shorter wh
 multiple of W - O. Windows are joined in latent space, so the overlap is not repeated.
 
 Everything a request asks is checked here before any sampling work (`check_layout`, `check_trained`),
-and files are read into frames at the run's size and channels (`read_image`, `read_context`).
+and files are read into frames at the run's size and channels (`read_image`, `read_context`; `read_given`
+places an image, a clip to continue and an end image, for `latte sample` and the web demo alike).
 """
 from __future__ import annotations
 
@@ -249,3 +250,35 @@ def read_context(path, count: int, channels: int, size: tuple[int, int]) -> torc
     except VideoReadError as exc:
         raise LatteError(f"cannot read context {path}: {exc}") from None
     return fit_frames(frames[:, frames.shape[1] - count:], channels, size, str(path))
+
+
+def default_context_frames(train: TrainSection, model_config) -> int:
+    """K, the frames of a clip to continue given when not asked: the run's train.mask_prefix_frames, else half
+    the window."""
+    return train.mask_prefix_frames or default_overlap(model_config.num_frames, model_config.temporal_stride)
+
+
+def read_given(model_config, vae, train: TrainSection, image=None, context=None, context_frames: int | None = None,
+               end_image=None) -> tuple[torch.Tensor | None, tuple[int, ...], list[dict]]:
+    """The frames an image (frame 0), a clip's last K frames (frames 0..K-1; K default_context_frames) and an
+    end image (the last frame) give: (C, K, H, W) at the run's size and channels or None, their positions, and
+    each input's {"flag", "path", "sha256", "frames"}; a one-line error for a bad one."""
+    if image and context:
+        raise LatteError("--image and --context both give the first frames: use one")
+    if context_frames is not None and not context:
+        raise LatteError("--context-frames applies with --context")
+    if context_frames is not None and context_frames < 1:
+        raise LatteError(f"--context-frames must be >= 1, got {context_frames}")
+    channels, size = pixel_frames(model_config, vae)
+    count = context_frames or default_context_frames(train, model_config)
+    asked = [("--image", image, lambda p: read_image(p, channels, size), (0,)),
+             ("--context", context, lambda p: read_context(p, count, channels, size), tuple(range(count))),
+             ("--end-image", end_image, lambda p: read_image(p, channels, size), (-1,))]
+    parts, places, inputs = [], (), []
+    for flag, path, read, at in asked:
+        if path:
+            parts.append(read(path))  # (C, k, H, W)
+            places += at
+            inputs.append({"flag": flag, "path": str(Path(path).resolve()), "sha256": sha256_of(Path(path)),
+                           "frames": list(at)})
+    return (torch.cat(parts, dim=1) if parts else None), places, inputs

@@ -22,7 +22,7 @@ from latte.config import Config, config_from_dict
 from latte.diffusion import Objective, make_objective
 from latte.diffusion.samplers import scheduler_for
 from latte.errors import LatteError
-from latte.frame_conditioning import check_trained, default_overlap, frame_layout, frame_masks_trained
+from latte.frame_conditioning import check_trained, default_overlap, frame_layout, frame_masks_trained, read_given
 from latte.model_sources import DIFFUSERS, LATTE, OFFICIAL, open_source, run_model
 from latte.models import Latte, compile_blocks, load_diffusers_transformer, load_official_checkpoint
 from latte.sampling import SampleRequest, check_speed_options, default_precision, generate, video_conditions
@@ -97,6 +97,13 @@ class VideoGenerator:
             raise LatteError("--image-cfg-scale applies to given frames (--image, --context, --end-image, long videos)")
         if layout is not None:
             check_trained(self.config.train, layout, force)
+
+    def read_given(self, image=None, context=None, context_frames: int | None = None,
+                   end_image=None) -> tuple[torch.Tensor | None, tuple[int, ...], list[dict]]:
+        """Frames for a request's `given` and `given_at` from files: an image (the first frame), a clip to
+        continue (its last `context_frames` frames are the first ones) and an end image (the last frame), read
+        at this model's size and channels (latte.frame_conditioning.read_given), and each input's record."""
+        return read_given(self.model.config, self.vae, self.config.train, image, context, context_frames, end_image)
 
     def load_text_encoder(self) -> TextEncoder | None:
         """The text encoder of a text model (loaded once, on the generator's device); None for other models."""

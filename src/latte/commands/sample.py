@@ -18,13 +18,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from latte.devices import PRECISIONS, pick_device
 from latte.diffusion import SAMPLERS
 from latte.diffusion.samplers import parse_scheduler_options
 from latte.errors import LatteError
-from latte.frame_conditioning import default_overlap, pixel_frames, read_context, read_image, sha256_of
 from latte.inference import VideoGenerator, load_run
 from latte.sample_folder import check_arguments, check_output, claim_folder
 from latte.sampling import default_precision, video_seed
@@ -110,30 +107,6 @@ def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
     return prompts
 
 
-def read_given_frames(args, generator: VideoGenerator) -> tuple[torch.Tensor | None, tuple[int, ...], list[dict]]:
-    """The frames --image, --context and --end-image give, (C, K, H, W) at the run's size and channels, their
-    positions, and each input's {"flag", "path", "sha256", "frames"} (a one-line error for a bad one)."""
-    if args.image and args.context:
-        raise LatteError("--image and --context both give the first frames: use one")
-    if args.context_frames is not None and not args.context:
-        raise LatteError("--context-frames applies with --context")
-    c = generator.model.config
-    channels, size = pixel_frames(c, generator.vae)
-    count = args.context_frames or generator.config.train.mask_prefix_frames or default_overlap(c.num_frames,
-                                                                                                c.temporal_stride)
-    asked = [("--image", args.image, lambda p: read_image(p, channels, size), (0,)),
-             ("--context", args.context, lambda p: read_context(p, count, channels, size), tuple(range(count))),
-             ("--end-image", args.end_image, lambda p: read_image(p, channels, size), (-1,))]
-    parts, places, inputs = [], (), []
-    for flag, path, read, at in asked:
-        if path:
-            parts.append(read(path))  # (C, k, H, W)
-            places += at
-            inputs.append({"flag": flag, "path": str(Path(path).resolve()), "sha256": sha256_of(Path(path)),
-                           "frames": list(at)})
-    return (torch.cat(parts, dim=1) if parts else None), places, inputs
-
-
 def write_manifest(folder: Path, generator: VideoGenerator, request, inputs: list[dict] | None = None) -> Path:
     """folder/manifest.jsonl: one {"path", "seed" (the video's own noise seed), "caption" or "label"} line
     per video of the request, with "given" (each frame input's flag, path, sha256 and frames) when frames
@@ -163,7 +136,8 @@ def run(args) -> int:
     generator = load_run(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
     if args.compile:
         generator.compile()
-    given, given_at, inputs = read_given_frames(args, generator)
+    given, given_at, inputs = generator.read_given(image=args.image, context=args.context,
+                                                   context_frames=args.context_frames, end_image=args.end_image)
     request = generator.request(num_videos=num_videos, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                 class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                                 num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
