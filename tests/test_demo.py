@@ -91,15 +91,15 @@ def test_the_python_client_reproduces_a_seed_and_names_the_random_seed_it_drew(s
     client = Client(url, verbose=False)
     asked = dict(class_label=3, prompt="", sampler="ddim", steps=3, cfg_scale=1.0, seed=5, random_seed=False,
                  num_videos=2, num_frames=FRAMES, api_name="/generate")
-    video, filmstrip, seed = client.predict(**asked)
-    again, _, _ = client.predict(**asked)
-    other, _, _ = client.predict(**{**asked, "seed": 6})
+    video, filmstrip, seed, _ = client.predict(**asked)
+    again, _, _, _ = client.predict(**asked)
+    other, _, _, _ = client.predict(**{**asked, "seed": 6})
     assert seed == 5 and read_video(video).shape[0] == FRAMES
     assert np.array_equal(read_video(video), read_video(again))
     assert not np.array_equal(read_video(video), read_video(other))
     assert Image.open(filmstrip).size[1] > Image.open(filmstrip).size[0] / FRAMES  # two rows of four frames
-    drawn_video, _, drawn = client.predict(**{**asked, "random_seed": True})
-    replay, _, _ = client.predict(**{**asked, "seed": drawn})
+    drawn_video, _, drawn, _ = client.predict(**{**asked, "random_seed": True})
+    replay, _, _, _ = client.predict(**{**asked, "seed": drawn})
     assert isinstance(drawn, int) and np.array_equal(read_video(drawn_video), read_video(replay))
 
 

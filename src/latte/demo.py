@@ -5,8 +5,11 @@ The model is loaded once, before the server starts; each click builds a request 
 here loads checkpoints or samples on its own. The checkpoint decides the inputs: a class picker
 (its dataset's class names where recorded), a prompt box with example prompts (text models), or
 neither (unconditional); the samplers its objective takes; steps up to its timesteps; frames up to its
-trained count. The result is an H.264 mp4 (which Debian's Chromium plays) and the PNG filmstrip,
-written by latte.video_io. One generation runs at a time; others wait in a bounded queue that shows
+trained count. A run trained with frame masks (train.mask_*) also takes a first frame, a clip to continue
+(its last K frames come first), a last frame where it learned one, image guidance, and up to LONG_WINDOWS
+windows of frames (window by window), read by `generator.read_given` as `latte sample` reads its flags.
+The result is an H.264 mp4 (which Debian's Chromium plays), the PNG filmstrip and the exact frames
+(.npz, which the page takes back as a clip to continue), written by latte.video_io. One generation runs at a time; others wait in a bounded queue that shows
 their place. A request the model cannot serve is a message on the page, and the server keeps serving.
 
 gradio is an optional extra (`pip install 'latte[demo]'`), imported by `import_gradio` only.
@@ -20,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from latte.data.video import VIDEO_SUFFIXES
 from latte.diffusion import DEFAULT_STEPS
 from latte.errors import LatteError
+from latte.frame_conditioning import LAST_FRAME_KINDS, default_context_frames, frame_masks_trained
 from latte.inference import VideoGenerator
 from latte.video_io import save_videos
 
@@ -31,6 +36,7 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": 
 MAX_VIDEOS = 8
 EVERY_CLASS = -1  # the class picker's "every class in turn" (class_label None)
 SEED_RANGE = 2**31
+LONG_WINDOWS = 4  # runs trained with frame masks: videos up to this many windows long
 
 
 def import_gradio():
@@ -46,10 +52,12 @@ def import_gradio():
 
 @dataclass
 class Result:
-    """One click's output: the video (the videos tiled), their filmstrip and the seed they were drawn with."""
+    """One click's output: the video (the videos tiled), their filmstrip, their exact frames (.npz, as `latte
+    sample` writes) and the seed they were drawn with."""
 
     video: Path
     filmstrip: Path
+    frames: Path
     seed: int
 
 
@@ -68,12 +76,20 @@ class Demo:
         self.samplers = tuple(generator.diffusion.samplers)
         self.defaults = generator.request()  # the run's sampler, steps and guidance
         self.max_steps = generator.diffusion.num_timesteps
-        self.frame_step, self.max_frames = config.temporal_stride, config.num_frames
+        train = generator.config.train
+        self.frame_inputs = frame_masks_trained(train)  # an image, a clip to continue, long videos
+        self.end_image = any(getattr(train, f"mask_{kind}") for kind in LAST_FRAME_KINDS)
+        self.context_frames = default_context_frames(train, config)
+        self.frame_step, self.window = config.temporal_stride, config.num_frames
+        self.max_frames = config.num_frames * (LONG_WINDOWS if self.frame_inputs else 1)
         self.count = 0
 
     def run(self, class_label: int | None, prompt: str, sampler: str, steps, cfg_scale, seed, random_seed: bool,
-            num_videos, num_frames, on_progress: Callable[[int, int], None] | None = None) -> Result:
-        """Videos of one request (one-line LatteError for input the model cannot serve, before any work)."""
+            num_videos, num_frames, image=None, context=None, context_frames=None, end_image=None,
+            image_cfg_scale=1.0, on_progress: Callable[[int, int], None] | None = None) -> Result:
+        """Videos of one request (one-line LatteError for input the model cannot serve, before any work);
+        `image`, `context` and `end_image` are files given as `latte sample`'s --image, --context and
+        --end-image (`context_frames` its --context-frames, used with a context only)."""
         steps, num_videos, num_frames = (whole(steps, "steps"), whole(num_videos, "number of videos"),
                                          whole(num_frames, "number of frames"))
         if not 1 <= num_videos <= MAX_VIDEOS:
@@ -90,18 +106,23 @@ class Demo:
         if self.condition == "text" and not prompt:
             raise LatteError("this is a text-to-video model: write a prompt")
         label = None if class_label in (None, EVERY_CLASS) or self.condition != "class" else whole(class_label, "class")
+        image_cfg_scale = finite(image_cfg_scale, "image guidance")
+        count = whole(context_frames, "context frames") if context else None
+        given, given_at, _ = self.generator.read_given(image=image or None, context=context or None,
+                                                       context_frames=count, end_image=end_image or None)
         request = self.generator.request(
             num_videos=num_videos, sampler=sampler, steps=steps, cfg_scale=finite(cfg_scale, "guidance"), class_label=label,
             seed=seed, batch_size=num_videos, num_frames=num_frames,
             prompts=[prompt] if self.condition == "text" else None, precision=self.precision, cache=self.cache,
-            cache_options=self.cache_options)
+            cache_options=self.cache_options, given=given, given_at=given_at, image_cfg_scale=image_cfg_scale)
         self.generator.check(request)
         videos, _ = self.generator.generate(request, progress=False, on_progress=on_progress)
         self.count += 1
         stem = self.folder / f"{self.count:05d}_seed{seed}"
         video, = save_videos(stem.with_suffix(".mp4"), videos, fps=self.generator.fps)
         filmstrip, = save_videos(stem.with_suffix(".png"), videos)
-        return Result(video, filmstrip, seed)
+        frames, = save_videos(stem.with_suffix(".npz"), videos)
+        return Result(video, filmstrip, frames, seed)
 
 
 def finite(value, name: str) -> float:
@@ -121,6 +142,13 @@ def whole(value, name: str) -> int:
     if not number.is_integer():
         raise LatteError(f"{name} must be a whole number, got {value!r}")
     return int(number)
+
+
+def named(message: str, uploads) -> str:
+    """A message with each uploaded file's path (gradio's temporary copy) shown as the file's name."""
+    for path in filter(None, uploads):
+        message = message.replace(str(path), Path(path).name)
+    return message
 
 
 def run_prompts(generator: VideoGenerator) -> list[str]:
@@ -159,8 +187,21 @@ def build_page(demo: Demo, gr):
                     seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
                     random_seed = gr.Checkbox(False, label="random seed", elem_id="random-seed")
                 num_videos = gr.Slider(1, MAX_VIDEOS, value=1, step=1, label="number of videos")
-                num_frames = gr.Slider(demo.frame_step, demo.max_frames, value=demo.max_frames, step=demo.frame_step,
-                                       label="number of frames")
+                num_frames = gr.Slider(demo.frame_step, demo.max_frames, value=demo.window, step=demo.frame_step,
+                                       label=f"number of frames (over {demo.window}: window by window)"
+                                       if demo.frame_inputs else "number of frames", elem_id="num-frames")
+                with gr.Group(visible=demo.frame_inputs):  # the run learned given frames (train.mask_*)
+                    image = gr.File(label="first frame (image-to-video, as --image)", file_types=["image"],
+                                    elem_id="image")
+                    context = gr.File(label="video to continue (as --context: .mp4, .gif, or this page's .npz): its "
+                                            "last K frames come first", file_types=[*VIDEO_SUFFIXES, ".npz"],
+                                      elem_id="context")
+                    context_frames = gr.Number(demo.context_frames, label="K: frames of the video given "
+                                               "(--context-frames)", precision=0, elem_id="context-frames")
+                    end_image = gr.File(label="last frame (as --end-image)", file_types=["image"],
+                                        visible=demo.end_image, elem_id="end-image")
+                    image_cfg_scale = gr.Slider(0.0, 10.0, value=1.0, step=0.5, label="image guidance (as "
+                                                "--image-cfg-scale; 1: none)", elem_id="image-cfg-scale")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 video = gr.Video(label="video", buttons=["download"], autoplay=True, loop=True, height=360,
@@ -168,23 +209,27 @@ def build_page(demo: Demo, gr):
                 filmstrip = gr.Image(label="filmstrip (a row per video)", type="filepath", height=200,
                                      elem_id="filmstrip")
                 used_seed = gr.Number(label="seed used", precision=0, interactive=False, elem_id="used-seed")
+                frames = gr.File(label="exact frames (.npz)", interactive=False, elem_id="frames")
 
         tracker = gr.Progress()  # gradio fills in a click's own progress bar for a parameter defaulting to one
 
         def generate(class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos, num_frames,
+                     image=None, context=None, context_frames=None, end_image=None, image_cfg_scale=1.0,
                      progress=tracker):
             def on_progress(done: int, total: int) -> None:
                 progress((done, total), desc="sampling", unit="steps")
 
             try:
                 result = demo.run(class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos,
-                                  num_frames, on_progress)
+                                  num_frames, image, context, context_frames, end_image, image_cfg_scale,
+                                  on_progress=on_progress)
             except LatteError as exc:
-                raise gr.Error(str(exc)) from None
-            return str(result.video), str(result.filmstrip), result.seed
+                raise gr.Error(named(str(exc), (image, context, end_image))) from None
+            return str(result.video), str(result.filmstrip), result.seed, str(result.frames)
 
         button.click(generate, [class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos,
-                                num_frames], [video, filmstrip, used_seed], api_name="generate")
+                                num_frames, image, context, context_frames, end_image, image_cfg_scale],
+                     [video, filmstrip, used_seed, frames], api_name="generate")
     return page
 
 

@@ -49,14 +49,13 @@ def run(args) -> int:
         raise LatteError(f"--queue-size must be at least 1, got {args.queue_size}")
     device = pick_device(args.device)
     precision = args.precision or default_precision(device)
+    cache = None if args.cache == "none" else args.cache
     generator = load_generator(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
+    generator.check(generator.request(precision=precision, cache=cache, cache_options=args.cache_options))  # first
     generator.load_text_encoder()  # text models: at start, not on the first click
     import_gradio()  # a missing extra is a one-line error before the server starts
     with tempfile.TemporaryDirectory(prefix="latte-demo-") as folder:
-        demo = Demo(generator, folder, precision, None if args.cache == "none" else args.cache, args.cache_options,
-                    args.example_prompt or run_prompts(generator))
-        generator.check(generator.request(precision=demo.precision, cache=demo.cache,
-                                          cache_options=demo.cache_options))  # bad cache options: before serving
+        demo = Demo(generator, folder, precision, cache, args.cache_options, args.example_prompt or run_prompts(generator))
         print(f"latte demo: {generator.path} on {device} ({precision}); serving http://{args.host}:{args.port} "
               "(Ctrl+C stops)", flush=True)
         serve(demo, args.host, args.port, args.share, args.queue_size)
