@@ -1,7 +1,9 @@
 """`latte demo` on a tiny run trained here: in a real browser (Debian's headless Chromium through selenium,
 driven by benchmarks/demo_latency.py's functions), through gradio's Python client, and the parts it
-stands on (the sampling progress callback, the one-line errors before any server starts)."""
+stands on (the sampling progress callback, the one-line errors before any server starts). A second tiny
+run trained with frame masks takes an uploaded first frame, a clip to continue and long videos."""
 import importlib.util
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 from selenium.webdriver.common.by import By
 from test_inference import tiny_run
@@ -20,13 +22,15 @@ from latte.demo import Demo, build_page, import_gradio, run_prompts
 from latte.errors import LatteError
 from latte.inference import load_generator
 from latte.train.run import train
-from latte.video_io import read_video, save_videos
+from latte.video_io import read_video, save_videos, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("demo_latency", ROOT / "benchmarks" / "demo_latency.py")
 page = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(page)
 FRAMES = 4  # the tiny-test preset's frame count
+MASKS = ("train.mask_first=0.4", "train.mask_prefix=0.3", "train.mask_ends=0.3")  # ends: a last frame too
+LUMA = np.array([0.299, 0.587, 0.114])  # BT.601: how an RGB upload becomes a grey model's frame
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +49,21 @@ def server(run):
 
 
 @pytest.fixture(scope="module")
+def masked_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("masked-run")
+    tiny_run(output, "train.max_steps=2", *MASKS)
+    return output
+
+
+@pytest.fixture(scope="module")
+def masked_server(masked_run):
+    port = page.free_port()
+    proc = page.start_demo(masked_run, port)
+    yield f"http://127.0.0.1:{port}/", proc
+    page.stop(proc)
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     driver = page.open_chromium(str(tmp_path_factory.mktemp("profile")))
     yield driver
@@ -54,6 +73,32 @@ def browser(tmp_path_factory):
 def open_page(browser, url):
     browser.get(url)
     page.wait_for(lambda: browser.find_elements(By.ID, "generate"), 60, "Generate button")
+
+
+def messages(browser) -> list[str]:
+    """The texts of the page's message toasts."""
+    return [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]") if t.text.strip()]
+
+
+def upload(browser, elem_id: str, path: Path) -> None:
+    """Choose `path` in the page's file box `elem_id`, as a user picking it does, and wait until it is uploaded."""
+    browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=file]").send_keys(str(path))
+    page.wait_for(lambda: path.stem in browser.find_element(By.ID, elem_id).text, 30, f"{path.name} uploaded")
+
+
+def fetch(url: str, path: Path) -> Path:
+    with urllib.request.urlopen(url) as response:
+        assert response.status == 200
+        path.write_bytes(response.read())
+    return path
+
+
+def picture(upside_down: bool = False) -> np.ndarray:
+    """A 16x16 RGB image (the tiny run's size): a colour gradient crossed by a bright bar."""
+    y, x = np.mgrid[0:16, 0:16]
+    rgb = np.stack([x * 16, y * 16, np.full((16, 16), 64)], axis=-1)
+    rgb[4:9, 3:12] = 255
+    return (rgb[::-1] if upside_down else rgb).astype(np.uint8)
 
 
 def test_a_class_picked_in_the_browser_gives_the_video_latte_samples_and_the_browser_plays_it(
@@ -108,9 +153,8 @@ def test_bad_input_is_a_message_on_the_page_and_the_server_keeps_serving(server,
     open_page(browser, url)
     page.type_number(browser, "steps", 0)
     browser.find_element(By.ID, "generate").click()
-    messages = page.wait_for(lambda: [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")
-                                      if t.text.strip()], 30, "message")
-    assert any("steps must be in [1, 1000], got 0" in text for text in messages), messages
+    shown = page.wait_for(lambda: messages(browser), 30, "message")
+    assert any("steps must be in [1, 1000], got 0" in text for text in shown), shown
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match=r"seed must be in \[0, 2147483647\], got -3"):
         client.predict(class_label=-1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=-3,
@@ -190,3 +234,87 @@ def test_a_text_model_asks_for_a_prompt_with_the_runs_captions_as_examples(tmp_p
     shown = {c.label: c.visible for c in blocks.blocks.values() if getattr(c, "label", None) in ("prompt", "class")}
     assert shown == {"prompt": True, "class": False}
     assert any(type(c).__name__ == "Dataset" for c in blocks.blocks.values())  # the example prompts
+
+
+def test_an_uploaded_image_is_the_first_frame_of_the_video_the_page_returns(masked_server, browser, tmp_path):
+    url, _ = masked_server
+    Image.fromarray(picture()).save(tmp_path / "first.png")
+    open_page(browser, url)
+    assert browser.find_elements(By.CSS_SELECTOR, "#end-image input[type=file]")  # the run learned a last frame
+    upload(browser, "image", tmp_path / "first.png")
+    page.type_number(browser, "steps", 2)
+    _, state = page.press_generate(browser, timeout=120)
+    assert state["error"] is None
+    stem = Path(state["src"]).stem  # the .npz beside the video has its name
+    links = page.wait_for(lambda: [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#frames a")
+                                   if (a.get_attribute("href") or "").endswith(f"/{stem}.npz")], 10, "exact frames")
+    exact = np.load(fetch(links[0], tmp_path / "page.npz"))["videos"]  # (1, 1, F, 16, 16) in [-1, 1]
+    luma = picture() @ LUMA / 127.5 - 1  # the run's channel mapping (grey by luma); 16x16 needs no resize
+    assert exact.shape == (1, 1, FRAMES, 16, 16)
+    assert np.abs(exact[0, 0, 0] - luma).max() < 1e-5  # kept exactly (float32 rounding of the same sum)
+    # the mp4 the browser plays: 16x16 shown 4x enlarged, H.264 at CRF 18, so lossy. Measured on this picture,
+    # each 4x4 block's mean is within 0.9 grey levels of the image on average (3.7 at worst); the same picture
+    # upside down is ~100 levels away: 3 levels tells them apart
+    shown = read_video(fetch(state["src"], tmp_path / "page.mp4"))[0].astype(float)  # (64, 64, 3)
+    blocks = shown.reshape(16, 4, 16, 4, 3).mean(axis=(1, 3, 4))  # (16, 16)
+    error, other = np.abs(blocks - (luma + 1) * 127.5).mean(), np.abs(blocks - picture(True) @ LUMA).mean()
+    assert error < 3 < other, (error, other)
+
+
+def test_a_bad_upload_is_a_message_on_the_page_and_the_next_request_works(masked_server, browser, tmp_path):
+    url, proc = masked_server
+    (tmp_path / "broken.png").write_bytes(b"not an image" * 40)
+    open_page(browser, url)
+    upload(browser, "image", tmp_path / "broken.png")
+    browser.find_element(By.ID, "generate").click()
+    shown = page.wait_for(lambda: messages(browser), 30, "message")
+    assert any("cannot read image broken.png" in text for text in shown), shown  # named as uploaded
+    client = Client(url, verbose=False)
+    Image.fromarray(picture()).save(tmp_path / "first.png")
+    write_mp4(tmp_path / "short.mp4", np.zeros((1, 16, 16, 3), np.uint8))
+    asked = dict(class_label=-1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False,
+                 num_videos=1, num_frames=FRAMES, api_name="/generate")
+    short, first = handle_file(tmp_path / "short.mp4"), handle_file(tmp_path / "first.png")
+    for extra, message in [({"context": short}, "context short.mp4 holds 1 frames, fewer than --context-frames 2"),
+                           ({"context": short, "image": first}, "--image and --context both give the first frames")]:
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(**asked, **extra)
+    browser.find_element(By.CSS_SELECTOR, "#image button[aria-label=Clear]").click()
+    _, state = page.press_generate(browser, timeout=120)
+    assert state["error"] is None and proc.poll() is None
+
+
+def test_the_page_continues_its_own_frames_window_by_window_as_the_library_does(masked_run, masked_server, tmp_path):
+    url, _ = masked_server
+    client = Client(url, verbose=False)
+    asked = dict(class_label=2, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=4, random_seed=False,
+                 num_videos=1, api_name="/generate")
+    _, _, _, first = client.predict(num_frames=FRAMES, **asked)
+    video, _, _, more = client.predict(num_frames=3 * FRAMES, context=handle_file(first), context_frames=2,
+                                       image_cfg_scale=2.0, **asked)
+    before, after = np.load(first)["videos"], np.load(more)["videos"]  # (1, 1, F, 16, 16)
+    assert after.shape[2] == 3 * FRAMES and read_video(video).shape[0] == 3 * FRAMES  # 5 windows of 4
+    assert np.array_equal(after[:, :, :2], before[:, :, -2:])  # its last K frames come first, exactly
+    generator = load_generator(masked_run)  # the same request through the library: the same frames
+    given, given_at, _ = generator.read_given(context=first, context_frames=2)
+    request = generator.request(num_videos=1, sampler="ddim", steps=2, cfg_scale=1.0, class_label=2, seed=4,
+                                batch_size=1, num_frames=3 * FRAMES, given=given, given_at=given_at,
+                                image_cfg_scale=2.0)
+    generator.check(request)
+    videos, _ = generator.generate(request, progress=False)
+    assert np.abs(videos.numpy() - after).max() < 1e-5
+
+
+def test_a_checkpoint_without_frame_masks_has_no_upload_widgets(server, browser, tmp_path):
+    url, _ = server
+    open_page(browser, url)
+    assert not browser.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#image, #context, #context-frames, #end-image, #image-cfg-scale")
+    Image.fromarray(picture()).save(tmp_path / "first.png")
+    asked = dict(class_label=-1, prompt="", sampler="ddim", steps=2, cfg_scale=1.0, seed=0, random_seed=False,
+                 num_videos=1, api_name="/generate")
+    client = Client(url, verbose=False)  # nor does its endpoint take what the model never learned
+    with pytest.raises(Exception, match="trained without frame masks"):
+        client.predict(num_frames=FRAMES, image=handle_file(tmp_path / "first.png"), **asked)
+    with pytest.raises(Exception, match="Value 8 is greater than maximum value 4"):  # nor longer videos (the slider)
+        client.predict(num_frames=2 * FRAMES, **asked)
