@@ -132,6 +132,16 @@ def rows(ws: Path) -> list[tuple[list[str], str]]:
         (["sample", "--checkpoint", str(base), "--output", str(base)], "is a training run folder"),
         (["sample", "--checkpoint", str(base), "--output", str(ws / "cache" / "v.png")], "in the latent cache"),
         (["sample", "--output", "x.mp4"], "required: --checkpoint"),
+        # demo: what is refused before the server starts (the model loaded, nothing served or written)
+        (["demo", "--checkpoint", str(ws / "nope")], "model source not found"),
+        (["demo", "--checkpoint", str(base), "--port", "70000"], "--port must be in [1, 65535], got 70000"),
+        (["demo", "--checkpoint", str(base), "--port", "0"], "--port must be in [1, 65535], got 0"),
+        (["demo", "--checkpoint", str(base), "--queue-size", "0"], "--queue-size must be at least 1, got 0"),
+        (["demo", "--checkpoint", str(base), "--cache", "pab", "--cache-options", "spatial=3@50-1000"],
+         "timesteps are 0-999"),
+        (["demo", "--checkpoint", str(base), "--cache-options", "spatial=2"], "--cache-options apply to --cache pab only"),
+        (["demo", "--checkpoint", str(base), "--precision", "fp8"], "argument --precision: invalid choice"),
+        (["demo", "--port", "7860"], "required: --checkpoint"),
         # eval: metrics, devices, the real cause of no clips, the report
         ([*evaluate, "--metrics", "fvd,xyz"], "--metrics"),
         ([*evaluate, "--device", "tpu"], "argument --device: invalid choice"),
