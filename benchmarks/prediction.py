@@ -363,7 +363,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cfg-scale", type=float, default=None, help="class/text guidance (default: the run's)")
     parser.add_argument("--image-cfg-scale", type=float, default=None, help="guidance of the given frames (default 1: off)")
     parser.add_argument("--seed", type=int, default=0, help="clip i's videos use seed --seed + i (default: %(default)s)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--classifier-seconds", type=float, default=60.0,
                         help="training time of the digit classifier, cached by its settings (default: %(default)s)")
