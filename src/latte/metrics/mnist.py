@@ -105,10 +105,15 @@ def motion(videos: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def frame_digits(net: nn.Module, videos: torch.Tensor) -> torch.Tensor:
+    """The digit the classifier reads in each frame of (N, 1, F, H, W) clips: (N, F)."""
+    frames = videos.shape[2]
+    return net(videos[:, 0].flatten(0, 1)[:, None]).argmax(1).view(len(videos), frames)  # (N, F)
+
+
 def digit_readings(net: nn.Module, videos: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(frame accuracy, clip agreement) of (N, 1, F, H, W) clips asked for `labels` (N,)."""
-    frames = videos.shape[2]
-    predicted = net(videos[:, 0].flatten(0, 1)[:, None]).argmax(1).view(len(videos), frames)  # (N, F)
+    predicted = frame_digits(net, videos)  # (N, F)
     frame_accuracy = (predicted == labels[:, None]).float().mean().item()
     clip_agreement = (predicted.mode(dim=1).values == labels).float().mean().item()
     return frame_accuracy, clip_agreement
