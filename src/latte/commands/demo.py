@@ -2,12 +2,14 @@
 
 The checkpoint is loaded (and so checked) before the server starts; gradio is the optional extra
 `latte[demo]`, imported only by this command. Local by default: 127.0.0.1, no share link unless
---share, gradio's analytics and update checks off. The results live in a temporary folder that goes when
-the server stops, by Ctrl+C or SIGTERM.
+--share, gradio's analytics and update checks off. The results, and gradio's uploads and copies (unless
+GRADIO_TEMP_DIR names a folder of its own), live in a temporary folder that goes when the server stops, by
+Ctrl+C or SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -44,11 +46,13 @@ def run(args) -> int:
     generator, precision, cache = open_generator(args, load_generator)
     generator.check(generator.request(precision=precision, cache=cache, cache_options=args.cache_options))  # first
     generator.load_text_encoder()  # text models: at start, not on the first click
-    import_gradio()  # a missing extra is a one-line error before the server starts
     # SIGTERM (a service manager's stop) leaves as Ctrl+C does, through the `with`: the results folder goes
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with tempfile.TemporaryDirectory(prefix="latte-demo-") as folder:
+            if not os.environ.get("GRADIO_TEMP_DIR"):  # gradio's uploads and copies: in the folder that goes
+                os.environ["GRADIO_TEMP_DIR"] = os.path.join(folder, "gradio")
+            import_gradio()  # a missing extra is a one-line error before the server starts
             demo = Demo(generator, folder, precision, cache, args.cache_options,
                         args.example_prompt or run_prompts(generator))
             print(f"latte demo: {generator.path} on {generator.device} ({precision}); serving "
