@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,10 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_demo(checkpoint, port: int, *options: str, timeout: float = 120) -> subprocess.Popen:
-    """`latte demo` (this checkout's, one CPU thread) serving on 127.0.0.1:port; returns once the page answers."""
+def start_demo(checkpoint, port: int, *options: str, timeout: float = 120, env: dict | None = None) -> subprocess.Popen:
+    """`latte demo` (this checkout's, one CPU thread) serving on 127.0.0.1:port, with `env` added to its
+    environment; returns once the page answers. Its output goes to a log file (server_log), closed by stop."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "NO_PROXY": "127.0.0.1,localhost"}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "latte.cli", "demo", "--checkpoint", str(checkpoint),
                              "--port", str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -51,15 +53,18 @@ def start_demo(checkpoint, port: int, *options: str, timeout: float = 120) -> su
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"latte demo exited with {proc.returncode}: {server_log(proc)[-2000:]}")
+            text = server_log(proc)
+            stop(proc)
+            raise RuntimeError(f"latte demo exited with {proc.returncode}: {text[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
                 if response.status == 200:
                     return proc
         except OSError:
             time.sleep(0.5)
+    text = server_log(proc)
     stop(proc)
-    raise RuntimeError(f"latte demo did not answer within {timeout} s: {server_log(proc)[-2000:]}")
+    raise RuntimeError(f"latte demo did not answer within {timeout} s: {text[-2000:]}")
 
 
 def server_log(proc: subprocess.Popen) -> str:
@@ -67,13 +72,18 @@ def server_log(proc: subprocess.Popen) -> str:
     return proc.log.read().decode(errors="replace")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop(proc: subprocess.Popen, wait: float = 20) -> None:
+    """Stop `latte demo` as Ctrl+C does (SIGINT: gradio closes its server, the demo deletes its files), then by
+    SIGTERM, and only then by SIGKILL, each after `wait` seconds; close its log."""
+    for send in (lambda: proc.send_signal(signal.SIGINT), proc.terminate, proc.kill):
+        if proc.poll() is None:
+            send()
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.log.close()
 
 
 def open_chromium(profile: str) -> webdriver.Chrome:

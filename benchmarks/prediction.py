@@ -24,14 +24,15 @@ longer than the given frames is shown the last --overlap of them (default half a
 of a long video are.
 Rows: each predicted frame, the first four predicted frames, all of them; for the model, copying the last given
 frame to every later frame (one deterministic "sample"), and the same model unconditioned (no given frames, the
-same class label, caption or none; the same noise). Goal: MSE over the first four predicted frames at most half
+same class label, caption or none; the same noise where the model is shown all the given frames, as the requests
+then have the same length and seed; shown the last --overlap, the requests and so their noise differ). Goal: MSE over the first four predicted frames at most half
 that of copying (the ratio is printed).
 
 Long videos (--long N): --per-class videos of each digit (class and text models; unconditional: 10 x
 --per-class), N frames window by window (each window given the last --overlap frames of the one before; default
 half a window); the windows are latte.frame_conditioning.plan_windows', so the joins are known exactly. Printed:
 the fraction of frames read as the asked digit (goal 90%), and the centroid jitter (norm of the second difference
-c[f+1] - 2 c[f] + c[f-1], as latte.metrics.mnist.motion) at the two frames around each join (f = j - 1 and j, j the
+c[f+1] - 2 c[f] + c[f-1], latte.metrics.mnist.centroid_jitter) at the two frames around each join (f = j - 1 and j, j the
 first frame a window generates) against every other frame; goal: boundary within 1.5x inside (medians).
 
 --shape standard builds the standard setting's clips: two digits (28 px, as MNIST's) on 64x64, 10 given and 10
@@ -54,13 +55,12 @@ from tqdm import tqdm
 
 from latte.data import build_dataset
 from latte.data.moving_mnist import DIRECTIONS, caption_of
-from latte.devices import PRECISIONS, pick_device
+from latte.devices import PRECISIONS, default_precision, pick_device
 from latte.errors import LatteError
 from latte.frame_conditioning import default_overlap, pixel_frames, plan_windows
 from latte.inference import VideoGenerator, load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import cached_classifier, centroids, frame_digits, real_motion
-from latte.sampling import default_precision
+from latte.metrics.mnist import cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
 from latte.train.heldout import SEED
 
 COLUMNS = ("method", "frames", "mse_mean", "mse_best", "mse_frame_mean", "mse_frame_best", "ssim_mean", "ssim_best",
@@ -238,8 +238,8 @@ def check_prediction(generator: VideoGenerator, clip: dict, given: int, samples:
 
 def measure(generator: VideoGenerator, clips: list[dict], given: int, samples: int, net, options: dict,
             seed: int = 0, force: bool = False, progress: bool = True) -> list[dict]:
-    """Rows of every method (METHODS) over held-out clips; `net` None (two-digit clips): no digit kept."""
-    check_prediction(generator, clips[0], given, samples, options, force)
+    """Rows of every method (METHODS) over held-out clips (a prediction check_prediction passed: each request is
+    checked again as it is made); `net` None (two-digit clips): no digit kept."""
     frames = clips[0]["video"].shape[1]
     per_method = {name: [] for name in METHODS}
     for i, item in enumerate(tqdm(clips, desc="clips", unit="clip", disable=not progress)):
@@ -295,8 +295,7 @@ def long_videos(generator: VideoGenerator, request) -> tuple[torch.Tensor, torch
 def long_readings(videos: torch.Tensor, labels: torch.Tensor | None, windows: tuple, net) -> dict:
     """Digit read and centroid jitter at window joins vs inside windows of long videos (N, C, F, H, W)."""
     frames = videos.shape[2]
-    c = centroids(grey(videos))  # (N, F, 2)
-    jitter = (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)  # (N, F - 2), centred at 1..F-2
+    jitter = centroid_jitter(grey(videos))  # (N, F - 2), centred at 1..F-2
     boundary = jitter_places(frames, window_joins(windows))
     at, inside = jitter[:, boundary], jitter[:, ~boundary]
     read = None
@@ -371,8 +370,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="measure a checkpoint trained without frame masks")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write settings and rows here")
     args = parser.parse_args(argv)
-    for name in ("clips", "samples", "per_class"):
-        if getattr(args, name) < 1:
+    for name in ("clips", "samples", "per_class", "given", "frames", "long"):  # 0 is not "the default"
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
@@ -390,10 +389,11 @@ def main(argv=None) -> int:
     if args.long:
         request = long_request(generator, args.long, args.per_class, options, args.seed, args.force)
     else:
-        given = args.given or (STANDARD["given"] if standard else config.train.mask_prefix_frames or 1)
-        frames = args.frames or (STANDARD["frames"] if standard else c.num_frames)
+        given = args.given if args.given is not None else (
+            STANDARD["given"] if standard else config.train.mask_prefix_frames or 1)
+        frames = args.frames if args.frames is not None else (STANDARD["frames"] if standard else c.num_frames)
         clips = heldout_clips(generator, args.clips, frames, standard)
-        check_prediction(generator, clips[0], given, args.samples, options, args.force)
+        check_prediction(generator, clips[0], given, args.samples, options, args.force)  # before the classifier
     net, accuracy = None, None
     if not standard and config.data.is_moving_mnist:  # the classifier reads one digit
         net, accuracy = cached_classifier(size, c.num_frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))

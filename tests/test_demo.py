@@ -20,6 +20,7 @@ from test_text_training import CAPTION, text_config
 
 from latte.demo import Demo, build_page, import_gradio, run_prompts
 from latte.errors import LatteError
+from latte.frame_conditioning import LUMA
 from latte.inference import load_generator
 from latte.train.run import train
 from latte.video_io import read_video, save_videos, write_mp4
@@ -30,7 +31,6 @@ page = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(page)
 FRAMES = 4  # the tiny-test preset's frame count
 MASKS = ("train.mask_first=0.4", "train.mask_prefix=0.3", "train.mask_ends=0.3")  # ends: a last frame too
-LUMA = np.array([0.299, 0.587, 0.114])  # BT.601: how an RGB upload becomes a grey model's frame
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +318,38 @@ def test_a_checkpoint_without_frame_masks_has_no_upload_widgets(server, browser,
         client.predict(num_frames=FRAMES, image=handle_file(tmp_path / "first.png"), **asked)
     with pytest.raises(Exception, match="Value 8 is greater than maximum value 4"):  # nor longer videos (the slider)
         client.predict(num_frames=2 * FRAMES, **asked)
+
+
+def test_the_demo_keeps_its_last_results_and_says_what_it_changed_about_an_upload(masked_run, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    demo = Demo(load_generator(masked_run), folder, keep=2)
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "wide.png")  # not the run's 16x16
+    asked = dict(class_label=-1, prompt="", sampler="ddim", steps=1, cfg_scale=1.0, random_seed=False, num_videos=1,
+                 num_frames=FRAMES)
+    results = [demo.run(seed=seed, image=str(tmp_path / "wide.png") if seed == 2 else None, **asked)
+               for seed in range(3)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for r in results[1:] for p in r.files)
+    assert results[0].notes == () and results[2].notes == (f"{tmp_path / 'wide.png'} is 32x24, resized to the "
+                                                           "model's 16x16",)
+
+
+def test_a_demo_stopped_by_sigterm_leaves_no_files_behind(masked_run, tmp_path):
+    tmp = tmp_path / "tmp"  # the demo's temporary folders: its results and gradio's copies
+    tmp.mkdir()
+    port = page.free_port()
+    proc = page.start_demo(masked_run, port, env={"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": ""})
+    try:
+        Image.fromarray(picture()).save(tmp_path / "first.png")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(class_label=-1, prompt="", sampler="ddim", steps=1, cfg_scale=1.0, seed=0, random_seed=False,
+                       num_videos=1, num_frames=FRAMES, image=handle_file(tmp_path / "first.png"), api_name="/generate")
+        results = list(tmp.glob("latte-demo-*"))
+        assert len(results) == 1 and len(list(results[0].glob("*_seed0.*"))) == 3  # the mp4, filmstrip and npz
+        assert [p for p in (results[0] / "gradio").rglob("*") if p.is_file()]  # the upload and results, as served
+        proc.terminate()  # SIGTERM, as a service manager stops it
+        assert proc.wait(timeout=60) == 128 + 15
+    finally:
+        page.stop(proc)
+    left = [p for p in tmp.rglob("*") if p.is_file()]
+    assert not list(tmp.glob("latte-demo-*")) and not left, left

@@ -16,12 +16,14 @@ from test_vae import save_tiny_vae
 
 import latte.sampling
 from latte.cli import main
-from latte.config import Config
+from latte.config import Config, TrainSection
 from latte.diffusion import GaussianDiffusion
 from latte.diffusion.samplers import image_guided_output
-from latte.frame_conditioning import plan_windows, read_context, read_image
+from latte.errors import LatteError, LatteWarning
+from latte.frame_conditioning import check_layout, check_trained, plan_windows, read_context, read_image
 from latte.inference import VideoGenerator, load_run
 from latte.models import create_model
+from latte.sampling import SampleRequest
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.vae import load_vae
@@ -37,7 +39,7 @@ RUNS = {"prefix": ["train.mask_first=0.3", "train.mask_prefix=0.3"],  # never a 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """Tiny runs (16x16 grey, 4-frame windows) and input files: a grey and an RGB image of other sizes, a
-    broken image, a 6-frame npz written by `latte sample` and a 2-frame gif."""
+    broken image, a 6-frame npz written by `latte sample`, a 2-frame gif, a .npy named .npz and a damaged .npz."""
     ws = tmp_path_factory.mktemp("frames")
     for name, overrides in RUNS.items():
         train(load_config("tiny-test", None, [f"train.output_dir={ws / name}", *TINY, *overrides]),
@@ -49,6 +51,9 @@ def ws(tmp_path_factory) -> Path:
     assert main(["sample", "--checkpoint", str(ws / "ends"), "--output", str(ws / "six.npz"), "--num-videos", "1",
                  "--num-frames", "6", "--steps", "2", "--device", "cpu"]) == 0
     save_videos(ws / "two.gif", torch.rand(1, 1, 2, 16, 16) * 2 - 1)
+    with open(ws / "array.npz", "wb") as file:  # np.load reads it as a bare array, not an archive
+        np.save(file, np.load(ws / "six.npz")["videos"])
+    (ws / "damaged.npz").write_bytes((ws / "six.npz").read_bytes()[:300])  # a zip cut short
     return ws
 
 
@@ -67,7 +72,10 @@ def sample(ws: Path, run: str, output: Path, *flags: str) -> int:
 def test_given_frames_of_a_pixel_run_are_the_inputs_exactly(ws, tmp_path, capsys):
     out = tmp_path / "ends.npz"
     assert sample(ws, "ends", out, "--image", str(ws / "first.png"), "--end-image", str(ws / "last.png")) == 0
-    assert "last.png is 24x32, resized to the model's 16x16" in capsys.readouterr().err  # a warning, not an error
+    err = capsys.readouterr().err  # a warning, not an error: one line, from the library's LatteWarning
+    assert f"latte sample: warning: {ws / 'last.png'} is 24x32, resized to the model's 16x16\n" in err, err
+    with pytest.warns(LatteWarning, match="is 24x32, resized to the model's 16x16"):
+        read_image(ws / "last.png", 1, (16, 16))
     videos = torch.from_numpy(np.load(out)["videos"])  # (2, 1, 4, 16, 16)
     first, last = read_image(ws / "first.png", 1, (16, 16)), read_image(ws / "last.png", 1, (16, 16))
     png = torch.from_numpy(np.array(Image.open(ws / "first.png"))).float() / 127.5 - 1
@@ -166,7 +174,13 @@ def test_each_bad_input_is_one_line_and_writes_nothing(ws, tmp_path, capsys):
         ("prefix", ["--context", str(ws / "missing.mp4")], "not found"),
         ("prefix", ["--context", str(ws / "two.gif"), "--context-frames", "3"], "holds 2 frames, fewer than"),
         ("prefix", ["--context", str(ws / "six.npz"), "--context-frames", "4"], "all given"),
+        ("prefix", ["--context", str(ws / "array.npz")], "array.npz is not an .npz archive"),
+        ("prefix", ["--context", str(ws / "damaged.npz")], "cannot read"),
         ("prefix", ["--end-image", image], "never learned a given last frame"),
+        ("prefix", ["--image", image, "--end-image", image], "never learned given first and last frames"),
+        ("ends", ["--context", str(ws / "six.npz"), "--context-frames", "2", "--end-image", image],
+         "never learned given frames in other places (frames 0, 1, 3 given in frames 0..3): it trained "
+         "train.mask_first, mask_prefix, mask_ends, this needs one of mask_random"),
         ("tubelet", ["--image", image], "split a tubelet of 2 frames"),
         ("tubelet", ["--num-frames", "8", "--overlap", "1"], "--overlap 1 splits a tubelet"),
         ("tubelet", ["--num-frames", "7", "--overlap", "2"], "are not whole tubelets of 2 frames"),
@@ -188,6 +202,91 @@ def test_each_bad_input_is_one_line_and_writes_nothing(ws, tmp_path, capsys):
     assert sample(ws, "plain", tmp_path / "forced.npz", "--image", image, "--force") == 0
     videos = torch.from_numpy(np.load(tmp_path / "forced.npz")["videos"])
     assert torch.equal(videos[:, :, :1], read_image(image, 1, (16, 16)).expand(2, -1, -1, -1, -1))
+    # a pattern the run's masks never showed, forced: sampled, the given frames kept
+    assert sample(ws, "prefix", tmp_path / "forced-end.npz", "--image", image, "--end-image", image, "--force") == 0
+    videos = torch.from_numpy(np.load(tmp_path / "forced-end.npz")["videos"])
+    assert torch.equal(videos[:, :, 3:], read_image(image, 1, (16, 16)).expand(2, -1, -1, -1, -1))
+
+
+def test_an_image_over_pils_pixel_limit_is_one_line(ws, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16x16 = 256 pixels: over twice the limit, a "bomb"
+    assert sample(ws, "prefix", tmp_path / "out.npz", "--image", str(ws / "first.png")) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot read image" in lines[0] and "decompression bomb" in lines[0], lines
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_multi_video_npz_continues_its_first_video_with_a_warning(tmp_path):
+    videos = torch.rand(3, 1, 6, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    save_videos(tmp_path / "three.npz", videos)
+    with pytest.warns(LatteWarning, match="holds 3 videos: continuing the first"):
+        context = read_context(tmp_path / "three.npz", 2, 1, (16, 16))
+    assert torch.equal(context, videos[0, :, 4:])
+
+
+def layout(at=(), frames=4, overlap=None, unit=1):
+    """check_layout of a request giving frames at `at` to a model of 4-frame windows and `unit`-frame tubelets."""
+    given = torch.zeros(1, len(at), 2, 2) if at else None
+    return check_layout(SampleRequest(num_frames=frames, given=given, given_at=tuple(at), overlap=overlap), 4, unit)
+
+
+@pytest.mark.parametrize("trained, asked, refused", [
+    # a first frame: first, prefix, ends or random
+    ({"first"}, {"at": (0,)}, None), ({"ends"}, {"at": (0,)}, None), ({"random"}, {"at": (0,)}, None),
+    ({"last"}, {"at": (0,)}, "a given first frame (frame 0 given in frames 0..3): it trained train.mask_last, this "
+                             "needs one of mask_first, mask_prefix, mask_ends, mask_random"),
+    ({"first", "last"}, {"at": (0, 1), "unit": 2}, None),  # one tubelet of two frames is the first
+    # more first frames (--context K > 1, and each later window of a long video): prefix or random
+    ({"first", "ends"}, {"at": (0, 1)}, "given first frames (frames 0, 1 given in frames 0..3)"),
+    ({"prefix"}, {"at": (0, 1)}, None), ({"random"}, {"at": (0, 1, 2)}, None),
+    ({"first"}, {"at": (0,), "frames": 7, "overlap": 2}, "given first frames (frames 2, 3 given in frames 2..5)"),
+    ({"first", "prefix"}, {"at": (0,), "frames": 7, "overlap": 2}, None),
+    ({"first"}, {"frames": 6, "overlap": 1}, None),  # windows (0, 4), (3, 3): the second given its first frame
+    ({"last"}, {"frames": 6, "overlap": 1}, "a given first frame (frame 3 given in frames 3..5)"),
+    # a last frame: last, ends or random; both ends: ends or random
+    ({"first", "prefix"}, {"at": (-1,)}, "a given last frame (frame 3 given in frames 0..3): it trained train."
+                                         "mask_first, mask_prefix, this needs one of mask_last, mask_ends, mask_random"),
+    ({"last"}, {"at": (-1,)}, None), ({"ends"}, {"at": (-1,)}, None),
+    ({"first", "last"}, {"at": (0, -1)}, "given first and last frames"), ({"ends"}, {"at": (0, -1)}, None),
+    # any other pattern: random only
+    ({"first", "prefix", "last", "ends"}, {"at": (1,)}, "given frames in other places (frame 1 given in frames 0..3)"
+                                                        ": it trained train.mask_first, mask_prefix, mask_last, "
+                                                        "mask_ends, this needs one of mask_random"),
+    ({"random"}, {"at": (1,)}, None), ({"random"}, {"at": (0, 1), "frames": 6, "overlap": 2}, None),
+])
+def test_each_window_needs_a_mask_kind_that_showed_its_given_frames(trained, asked, refused):
+    train = TrainSection(**{f"mask_{kind}": 0.2 for kind in trained})
+    assert train.trained_kinds() == trained
+    if refused is None:
+        check_trained(train, layout(**asked), force=False)
+        return
+    with pytest.raises(LatteError) as error:
+        check_trained(train, layout(**asked), force=False)
+    assert f"this checkpoint never learned {refused}" in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).endswith("pass --force to try anyway")
+    check_trained(train, layout(**asked), force=True)  # --force: sampled anyway
+
+
+def test_the_same_frame_given_twice_is_refused():
+    for at in ((3, -1), (0, -4), (1, 1)):
+        with pytest.raises(LatteError, match=r"given frame position -?\d is frame \d, given twice: give each frame once"):
+            layout(at)
+    assert layout((0, -1)).given.tolist() == [True, False, False, True]
+
+
+def test_a_window_of_one_tubelet_makes_longer_videos_in_one_pass(tmp_path):
+    model = create_model("Latte-T/4", hidden_size=32, depth=2, num_heads=2, in_channels=1, num_frames=2, input_size=16,
+                         patch_embed="tubelet")  # a window of one two-frame tubelet: no overlap fits in it
+    config = Config()
+    config.train.mask_first = 0.5
+    generator = VideoGenerator(model=randomize(model).eval(), diffusion=GaussianDiffusion(), config=config)
+    request = generator.request(num_videos=1, sampler="ddim", steps=1, num_frames=4)
+    assert request.overlap is None  # not a default overlap that check would then refuse as a flag never given
+    generator.check(request)
+    videos, _ = generator.generate(request, progress=False)
+    assert videos.shape == (1, 1, 4, 16, 16)
+    with pytest.raises(LatteError, match=r"--overlap must be in \[1, 1\]"):  # one the user asks for is still refused
+        generator.check(generator.request(num_videos=1, num_frames=4, overlap=2))
 
 
 def test_a_sample_folder_records_each_inputs_sha256_and_refuses_other_inputs(ws, tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 from latte.errors import LatteError
 from latte.frame_conditioning import plan_windows
 from latte.inference import load_run
-from latte.metrics.mnist import classifier
+from latte.metrics.mnist import centroid_jitter, classifier, motion
 from latte.train.checks import load_config
 from latte.train.run import train
 
@@ -143,3 +143,19 @@ def test_the_script_prints_its_table_and_writes_json(run, tmp_path, capsys):
     assert bench.main([*common, "--long", "6", "--per-class", "1", "--json", str(out)]) == 0
     assert "frames read as the asked digit" in capsys.readouterr().out
     assert json.loads(out.read_text())["long"]["windows"] == [[0, 4], [2, 4]]
+
+
+def test_zero_given_frames_or_frames_is_an_error_not_the_default(capsys):
+    for flag in ("--given", "--frames", "--long"):
+        with pytest.raises(SystemExit) as exit_code:
+            bench.parse_args(["--checkpoint", "runs/x", flag, "0"])
+        assert exit_code.value.code == 2 and f"{flag} must be >= 1" in capsys.readouterr().err
+    assert bench.parse_args(["--checkpoint", "runs/x", "--given", "1"]).given == 1
+
+
+def test_centroid_jitter_is_zero_at_constant_velocity_and_the_second_difference_elsewhere():
+    videos = -torch.ones(1, 1, 5, 16, 16)  # (N, 1, F, H, W): one bright pixel at x = 2, 4, 6, 8, then 12
+    for f, x in enumerate((2, 4, 6, 8, 12)):
+        videos[0, 0, f, 5, x] = 1.0
+    torch.testing.assert_close(centroid_jitter(videos), torch.tensor([[0.0, 0.0, 2.0]]))
+    assert motion(videos)[1] == pytest.approx(0.0)  # the median of the same jitter

@@ -3,7 +3,8 @@
 Each command module defines `register(subparsers) -> argparse.ArgumentParser` and `run(args) -> int`.
 Errors the user can fix (LatteError, which the code raises on purpose, a full disk, and a bad command
 line: an unknown argument, an invalid choice, a float that is nan or inf) become one line on stderr and
-exit code 2; anything else is a bug and keeps its traceback. `--traceback` or LATTE_DEBUG=1 prints the
+exit code 2; anything else is a bug and keeps its traceback. A LatteWarning (what the library changed about
+an input, e.g. an image resized) is one line `latte COMMAND: warning: ...` on stderr. `--traceback` or LATTE_DEBUG=1 prints the
 full trace of the one-line errors too, causes included.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import os
 import re
 import sys
 import traceback
+import warnings
 
 from latte import __version__
-from latte.errors import LatteError
+from latte.errors import LatteError, LatteWarning
 from latte.files import disk_full
 from latte.host_memory import keep_freed_memory
 
@@ -103,7 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU tensors reuse freed heap memory instead of faulting in fresh pages
     try:
         check_floats(args)
-        return int(modules[args.command].run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", LatteWarning)  # each one is about an input of this command
+            shown = warnings.showwarning
+
+            def show(message, category, *rest, **kwargs):
+                if issubclass(category, LatteWarning):
+                    print(f"latte {args.command}: warning: {one_line(message)}", file=sys.stderr)
+                else:
+                    shown(message, category, *rest, **kwargs)
+
+            warnings.showwarning = show
+            return int(modules[args.command].run(args) or 0)
     except LatteError as exc:
         if debug:
             traceback.print_exc()

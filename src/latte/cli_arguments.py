@@ -1,6 +1,6 @@
 """Command-line arguments that several commands share (commands never import one another):
-where a run's config comes from (`latte train`, `latte ablate`) and which dataset clips are read
-(`latte encode`, `latte data inspect`)."""
+where a run's config comes from (`latte train`, `latte ablate`), which dataset clips are read
+(`latte encode`, `latte data inspect`) and which model samples, where and how (`latte sample`, `latte demo`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import yaml
 
 from latte.config import list_presets
 from latte.data import DATASET_NAMES
+from latte.devices import PRECISIONS, default_precision, pick_device
 from latte.errors import LatteError
 
 DEFAULT_PRESET = "moving-mnist"  # what `latte train` and `latte ablate` train without a preset or config
@@ -56,3 +57,28 @@ def dataset_keywords(args) -> dict:
     """build_dataset keyword options from the command line (unset ones: the dataset's defaults)."""
     options = {"num_frames": args.num_frames, "frame_interval": args.frame_interval, "resolution": args.resolution}
     return {**{k: v for k, v in options.items() if v is not None}, **parse_options(args.option)}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """--checkpoint, --no-ema, --device, --precision, --cache and --cache-options: the model a command samples
+    with and how (latte sample and latte demo alike; open_generator reads them)."""
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="transformer (bf16 autocast) and VAE precision (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--cache", choices=["none", "pab"], default="none",
+                        help="pab: Pyramid Attention Broadcast, attention outputs reused across steps (docs/sampling.md)")
+    parser.add_argument("--cache-options", default=None, metavar="SPEC",
+                        help="PAB: KIND=INTERVAL[@LO-HI],... for spatial/temporal/cross "
+                             "(default spatial=2@100-800,temporal=4@100-800,cross=6@100-900)")
+
+
+def open_generator(args, load) -> tuple:
+    """(generator, precision, cache) of add_model_arguments' flags: `load(args.checkpoint, use_ema=...)`
+    (latte.inference.load_run or load_generator) moved to --device at --precision (default: bf16 on CUDA, fp32
+    elsewhere); cache None for --cache none."""
+    device = pick_device(args.device)
+    precision = args.precision or default_precision(device)
+    generator = load(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
+    return generator, precision, None if args.cache == "none" else args.cache

@@ -141,6 +141,17 @@ class TrainSection:
     mask_random: float = 0.0  # each frame with probability 1/2, one always generated
     device: str = "auto"  # auto | cpu | cuda
 
+    MASK_KINDS = ("first", "prefix", "last", "ends", "random")  # the train.mask_<kind> keys (not a field)
+
+    @property
+    def mask_probabilities(self) -> tuple[float, ...]:
+        """The chance of each frame mask kind per clip, in MASK_KINDS order."""
+        return tuple(getattr(self, f"mask_{kind}") for kind in self.MASK_KINDS)
+
+    def trained_kinds(self) -> set[str]:
+        """The frame mask kinds this run trains with (probability > 0); empty: no frame conditioning."""
+        return {kind for kind, p in zip(self.MASK_KINDS, self.mask_probabilities) if p}
+
 
 @dataclass
 class SampleSection:

@@ -6,11 +6,15 @@ here loads checkpoints or samples on its own. The checkpoint decides the inputs:
 (its dataset's class names where recorded), a prompt box with example prompts (text models), or
 neither (unconditional); the samplers its objective takes; steps up to its timesteps; frames up to its
 trained count. A run trained with frame masks (train.mask_*) also takes a first frame, a clip to continue
-(its last K frames come first), a last frame where it learned one, image guidance, and up to LONG_WINDOWS
-windows of frames (window by window), read by `generator.read_given` as `latte sample` reads its flags.
-The result is an H.264 mp4 (which Debian's Chromium plays), the PNG filmstrip and the exact frames
-(.npz, which the page takes back as a clip to continue), written by latte.video_io. One generation runs at a time; others wait in a bounded queue that shows
-their place. A request the model cannot serve is a message on the page, and the server keeps serving.
+(its last K frames come first; of a multi-video .npz, the first video), a last frame where it learned one,
+image guidance, and up to LONG_VIDEOS times its trained frames (window by window: at half a window's overlap,
+4x is 7 windows), read by `generator.read_given` as `latte sample` reads its flags; what the library changed
+about an input (an image resized) is a warning on the page. The result is an H.264 mp4 (which Debian's
+Chromium plays), the PNG filmstrip and the exact frames (.npz, which the page takes back as a clip to
+continue), written by latte.video_io into a temporary folder that keeps the last KEEP_RESULTS results and
+goes when the server stops (Ctrl+C or SIGTERM), as do gradio's copies of uploads and results. One generation
+runs at a time; others wait in a bounded queue that shows their place. A request the model cannot serve is
+a message on the page, and the server keeps serving.
 
 gradio is an optional extra (`pip install 'latte[demo]'`), imported by `import_gradio` only.
 """
@@ -19,14 +23,16 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from latte.data.video import VIDEO_SUFFIXES
 from latte.diffusion import DEFAULT_STEPS
-from latte.errors import LatteError
-from latte.frame_conditioning import LAST_FRAME_KINDS, default_context_frames, frame_masks_trained
+from latte.errors import LatteError, LatteWarning
+from latte.frame_conditioning import default_context_frames, learned
 from latte.inference import VideoGenerator
 from latte.video_io import save_videos
 
@@ -36,7 +42,9 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": 
 MAX_VIDEOS = 8
 EVERY_CLASS = -1  # the class picker's "every class in turn" (class_label None)
 SEED_RANGE = 2**31
-LONG_WINDOWS = 4  # runs trained with frame masks: videos up to this many windows long
+LONG_VIDEOS = 4  # runs trained with frame masks: videos up to this many times the trained frames
+KEEP_RESULTS = 32  # the results kept on disk (older ones are deleted: the page shows the last)
+CACHE_DELETION = (600, 3600)  # gradio's copies of uploads and results: every 10 min, those over an hour old
 
 
 def import_gradio():
@@ -59,14 +67,22 @@ class Result:
     filmstrip: Path
     frames: Path
     seed: int
+    notes: tuple[str, ...] = ()  # what the library changed about the inputs (LatteWarning), for the page
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.video, self.filmstrip, self.frames
 
 
 class Demo:
-    """A loaded generator and the options fixed at start (precision, PAB cache); `run` makes one Result."""
+    """A loaded generator and the options fixed at start (precision, PAB cache); `run` makes one Result, written
+    into `folder`, which keeps the last `keep` results."""
 
     def __init__(self, generator: VideoGenerator, folder: Path, precision: str = "fp32", cache: str | None = None,
-                 cache_options: str | None = None, example_prompts: list[str] | None = None):
+                 cache_options: str | None = None, example_prompts: list[str] | None = None, keep: int = KEEP_RESULTS):
         self.generator, self.folder = generator, Path(folder)
+        self.results: deque[Result] = deque()
+        self.keep = keep
         self.precision, self.cache, self.cache_options = precision, cache, cache_options
         config = generator.model.config
         self.condition = "text" if config.is_text else "class" if config.num_classes > 0 else "unconditional"
@@ -77,11 +93,11 @@ class Demo:
         self.defaults = generator.request()  # the run's sampler, steps and guidance
         self.max_steps = generator.diffusion.num_timesteps
         train = generator.config.train
-        self.frame_inputs = frame_masks_trained(train)  # an image, a clip to continue, long videos
-        self.end_image = any(getattr(train, f"mask_{kind}") for kind in LAST_FRAME_KINDS)
+        self.frame_inputs = bool(train.trained_kinds())  # an image, a clip to continue, long videos
+        self.end_image = learned(train, "last")
         self.context_frames = default_context_frames(train, config)
         self.frame_step, self.window = config.temporal_stride, config.num_frames
-        self.max_frames = config.num_frames * (LONG_WINDOWS if self.frame_inputs else 1)
+        self.max_frames = config.num_frames * (LONG_VIDEOS if self.frame_inputs else 1)
         self.count = 0
 
     def run(self, class_label: int | None, prompt: str, sampler: str, steps, cfg_scale, seed, random_seed: bool,
@@ -89,7 +105,8 @@ class Demo:
             image_cfg_scale=1.0, on_progress: Callable[[int, int], None] | None = None) -> Result:
         """Videos of one request (one-line LatteError for input the model cannot serve, before any work);
         `image`, `context` and `end_image` are files given as `latte sample`'s --image, --context and
-        --end-image (`context_frames` its --context-frames, used with a context only)."""
+        --end-image (`context_frames` its --context-frames, used with a context only). What the library changed
+        about them (LatteWarning: an image resized, the first of several videos taken) is the Result's notes."""
         steps, num_videos, num_frames = (whole(steps, "steps"), whole(num_videos, "number of videos"),
                                          whole(num_frames, "number of frames"))
         if not 1 <= num_videos <= MAX_VIDEOS:
@@ -108,8 +125,14 @@ class Demo:
         label = None if class_label in (None, EVERY_CLASS) or self.condition != "class" else whole(class_label, "class")
         image_cfg_scale = finite(image_cfg_scale, "image guidance")
         count = whole(context_frames, "context frames") if context else None
-        given, given_at, _ = self.generator.read_given(image=image or None, context=context or None,
-                                                       context_frames=count, end_image=end_image or None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LatteWarning)
+            given, given_at, _ = self.generator.read_given(image=image or None, context=context or None,
+                                                           context_frames=count, end_image=end_image or None)
+        for w in caught:  # others are not the page's: shown as they would have been
+            if not issubclass(w.category, LatteWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        notes = tuple(str(w.message) for w in caught if issubclass(w.category, LatteWarning))
         request = self.generator.request(
             num_videos=num_videos, sampler=sampler, steps=steps, cfg_scale=finite(cfg_scale, "guidance"), class_label=label,
             seed=seed, batch_size=num_videos, num_frames=num_frames,
@@ -122,7 +145,11 @@ class Demo:
         video, = save_videos(stem.with_suffix(".mp4"), videos, fps=self.generator.fps)
         filmstrip, = save_videos(stem.with_suffix(".png"), videos)
         frames, = save_videos(stem.with_suffix(".npz"), videos)
-        return Result(video, filmstrip, frames, seed)
+        self.results.append(Result(video, filmstrip, frames, seed, notes))
+        while len(self.results) > self.keep:  # the oldest result's files go
+            for path in self.results.popleft().files:
+                path.unlink(missing_ok=True)
+        return self.results[-1]
 
 
 def finite(value, name: str) -> float:
@@ -166,7 +193,7 @@ def run_prompts(generator: VideoGenerator) -> list[str]:
 def build_page(demo: Demo, gr):
     """The gradio Blocks of the page; the Generate button's endpoint is /generate."""
     d, kind = demo.defaults, demo.generator.kind
-    with gr.Blocks(title="latte demo", analytics_enabled=False) as page:
+    with gr.Blocks(title="latte demo", analytics_enabled=False, delete_cache=CACHE_DELETION) as page:
         gr.Markdown(f"## latte demo\n`{demo.generator.path}` ({kind}, {demo.condition}, "
                     f"{demo.generator.diffusion.name}, {demo.generator.device.type}, {demo.precision}"
                     f"{', PAB cache' if demo.cache else ''})")
@@ -225,6 +252,8 @@ def build_page(demo: Demo, gr):
                                   on_progress=on_progress)
             except LatteError as exc:
                 raise gr.Error(named(str(exc), (image, context, end_image))) from None
+            for note in result.notes:
+                gr.Warning(named(note, (image, context, end_image)))
             return str(result.video), str(result.filmstrip), result.seed, str(result.frames)
 
         button.click(generate, [class_label, prompt, sampler, steps, cfg_scale, seed, random_seed, num_videos,
@@ -234,7 +263,8 @@ def build_page(demo: Demo, gr):
 
 
 def serve(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = False, queue_size: int = 8) -> None:
-    """Serve the page until interrupted: one generation at a time, `queue_size` more waiting."""
+    """Serve the page until interrupted: one generation at a time, `queue_size` more waiting. Gradio's copies of
+    uploads and results are deleted as they age (CACHE_DELETION) and when the server closes."""
     gr = import_gradio()
     page = build_page(demo, gr)
     page.queue(max_size=queue_size, default_concurrency_limit=1)
@@ -244,6 +274,8 @@ def serve(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = F
     except OSError as exc:  # gradio's "Cannot find empty port", or an address that is not this machine's
         raise LatteError(f"cannot serve on {host}:{port} ({exc.strerror or 'in use'}): choose another --port "
                          "or --host") from exc
+    finally:  # Ctrl+C (gradio closed the server already) or SIGTERM (latte demo's handler exits): its shutdown
+        page.close(verbose=False)  # deletes gradio's copies of uploads and results (delete_cache)
 
 
 __all__ = ["Demo", "OFFLINE_ENV", "Result", "build_page", "import_gradio", "run_prompts", "serve"]

@@ -22,3 +22,9 @@ def pick_device(name: str, setting: str = "--device") -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise LatteError(f"{setting}={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
+
+
+def default_precision(device) -> str:
+    """bf16 on CUDA, fp32 elsewhere (CPU bf16 works but is slower than fp32 on most CPUs): sampling's and eval's
+    default when --precision is not given."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"

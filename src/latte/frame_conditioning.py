@@ -16,7 +16,9 @@ places an image, a clip to continue and an end image, for `latte sample` and the
 from __future__ import annotations
 
 import hashlib
-import sys
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +28,13 @@ from PIL import Image
 
 from latte.config import TrainSection
 from latte.data.video import IMAGE_SUFFIXES, VideoReadError, frame_files, probe, read_frames, resize_center_crop
-from latte.errors import LatteError
+from latte.errors import LatteError, LatteWarning
 
-# training's mask kinds (latte.train.frame_masks.KINDS; inference imports nothing from latte.train), and
-# those that give the last frame
-MASK_KINDS = ("first", "prefix", "last", "ends", "random")
-LAST_FRAME_KINDS = ("last", "ends", "random")
+# the frames of a window given (after check_layout: whole tubelets, one generated at least) -> the train.mask_*
+# kinds that show a model those frames given: the kind of that very pattern, or random, which gives any; a lone
+# first tubelet is also the shortest prefix and one end of `ends`
+TAUGHT_BY = {"first": {"first", "prefix", "ends", "random"}, "prefix": {"prefix", "random"},
+             "last": {"last", "ends", "random"}, "ends": {"ends", "random"}, "other": {"random"}}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: RGB frames for a grey model
 
 
@@ -43,6 +46,15 @@ class Layout:
     frames: int
     given: torch.Tensor  # (N,) bool
     windows: tuple[tuple[int, int], ...]
+    unit: int = 1  # frames per token (tubelet): given frames come in whole units
+
+    def window_given(self):
+        """(start, length, given (L,) bool) of each window in turn: its asked frames and the frames the windows
+        before it made (the overlap), which it is given."""
+        known = self.given.clone()  # (N,)
+        for start, length in self.windows:
+            yield start, length, known[start:start + length].clone()
+            known[start:start + length] = True
 
 
 def default_overlap(window: int, unit: int = 1) -> int:
@@ -65,7 +77,8 @@ def plan_windows(frames: int, window: int, overlap: int | None) -> tuple[tuple[i
 def check_layout(request, num_frames: int, unit: int) -> Layout:
     """The layout of a request for a model trained on `num_frames`-frame windows with tokens of `unit`
     frames (tubelets), or a one-line error: positions outside the video, an overlap that is not less than
-    the window, a mask that splits a tubelet, a window with nothing left to generate."""
+    the window, the same frame given twice (-1 is N - 1), a mask that splits a tubelet, a window with nothing
+    left to generate."""
     frames = request.num_frames or num_frames
     given = torch.zeros(frames, dtype=torch.bool)  # (N,)
     if request.given is not None:
@@ -75,6 +88,9 @@ def check_layout(request, num_frames: int, unit: int) -> Layout:
         for place in request.given_at:
             if not -frames <= place < frames:
                 raise LatteError(f"given frame position {place} is outside a video of {frames} frames")
+            if given[place]:  # -1 and N - 1 are one frame
+                raise LatteError(f"given frame position {place} is frame {place % frames}, given twice: give each "
+                                 "frame once")
             given[place] = True
     if request.overlap is not None:
         if not 1 <= request.overlap < num_frames:
@@ -82,10 +98,8 @@ def check_layout(request, num_frames: int, unit: int) -> Layout:
                              f"frames), got {request.overlap}")
         if request.overlap % unit:
             raise LatteError(f"--overlap {request.overlap} splits a tubelet of {unit} frames: give a multiple of {unit}")
-    windows = plan_windows(frames, num_frames, request.overlap)
-    known = given.clone()  # (N,) frames given or generated before the window
-    for start, length in windows:
-        window = known[start:start + length]  # (L,)
+    layout = Layout(frames, given, plan_windows(frames, num_frames, request.overlap), unit)
+    for start, length, window in layout.window_given():  # window (L,): given or generated before it
         if length % unit:
             raise LatteError(f"frames {start}..{start + length - 1} are not whole tubelets of {unit} frames "
                              f"(model.patch_embed tubelet): give --num-frames as a multiple of {unit}")
@@ -94,8 +108,7 @@ def check_layout(request, num_frames: int, unit: int) -> Layout:
                              "frames (model.patch_embed tubelet): give whole tubelets")
         if window.all():
             raise LatteError(f"frames {start}..{start + length - 1} are all given: nothing left to generate")
-        known[start:start + length] = True
-    return Layout(frames, given, windows)
+    return layout
 
 
 def pixel_frames(model_config, vae) -> tuple[int, tuple[int, int]]:
@@ -123,23 +136,52 @@ def frame_layout(request, model_config, vae) -> Layout | None:
     return layout
 
 
-def frame_masks_trained(train: TrainSection) -> bool:
-    """Whether a run trained with any frame mask (train.mask_*)."""
-    return any(getattr(train, f"mask_{kind}") for kind in MASK_KINDS)
+def given_pattern(window: torch.Tensor, unit: int) -> str | None:
+    """The key of TAUGHT_BY that a window's given frames (L,) bool of whole `unit`-frame tubelets form, or None
+    when none is given."""
+    units = window.view(-1, unit)[:, 0]  # (L / unit,)
+    if not units.any():
+        return None
+    inner = units[1:-1].any()
+    if units[0] and not inner and not units[-1]:
+        return "first"
+    if units[-1] and not inner:
+        return "ends" if units[0] else "last"
+    given = int(units.sum())
+    return "prefix" if units[:given].all() else "other"
+
+
+def learned(train: TrainSection, pattern: str) -> bool:
+    """Whether a run's frame masks (train.mask_*) showed it the given-frame pattern `pattern` (TAUGHT_BY)."""
+    return bool(train.trained_kinds() & TAUGHT_BY[pattern])
 
 
 def check_trained(train: TrainSection, layout: Layout, force: bool) -> None:
-    """Refuse frame conditioning that the checkpoint's training (train.mask_*) never taught, unless `force`."""
+    """Refuse frame conditioning that the checkpoint's training (train.mask_*) never taught, unless `force`: each
+    window's given frames (asked, or the overlap with the window before) must form a pattern of a kind trained
+    (TAUGHT_BY)."""
     if force or (not layout.given.any() and len(layout.windows) == 1):
         return
-    trained = {kind for kind in MASK_KINDS if getattr(train, f"mask_{kind}")}
+    trained = train.trained_kinds()
     if not trained:
         raise LatteError("this checkpoint was trained without frame masks (train.mask_* all 0): it cannot take "
                          "given frames (--image, --context, --end-image, long videos); pass --force to try anyway")
-    if layout.given[-1] and layout.frames > 1 and not trained & set(LAST_FRAME_KINDS):
-        raise LatteError(f"this checkpoint never learned a given last frame (trained train.mask_"
-                         f"{', mask_'.join(sorted(trained))}; --end-image needs mask_last, mask_ends or mask_random): "
-                         "pass --force to try anyway")
+    names = {"first": "a given first frame", "prefix": "given first frames", "last": "a given last frame",
+             "ends": "given first and last frames", "other": "given frames in other places"}
+    for start, length, window in layout.window_given():
+        pattern = given_pattern(window, layout.unit)
+        if pattern is None or trained & TAUGHT_BY[pattern]:
+            continue
+        at = [start + i for i in window.nonzero().flatten().tolist()]
+        raise LatteError(f"this checkpoint never learned {names[pattern]} (frame{'s' * (len(at) > 1)} "
+                         f"{', '.join(map(str, at))} given in frames {start}..{start + length - 1}): it trained "
+                         f"train.{mask_keys(trained)}, this needs one of {mask_keys(TAUGHT_BY[pattern])}; pass "
+                         "--force to try anyway")
+
+
+def mask_keys(kinds) -> str:
+    """"mask_first, mask_ends" for {"ends", "first"}: the train.mask_* keys of some kinds, in config order."""
+    return ", ".join(f"mask_{kind}" for kind in TrainSection.MASK_KINDS if kind in kinds)
 
 
 def encode_given(request, layout: Layout, vae) -> torch.Tensor | None:
@@ -157,20 +199,18 @@ def sample_windows(denoise, noise, layout: Layout, given: torch.Tensor | None, b
     """Latents (B, C, N, h, w) of `batch` videos, window by window: `denoise(noise, given, given_mask)` samples
     one window, `noise(length)` draws the next window's x_T (B, C, L, h, w); `given` (C, N, h, w) or None."""
     video = None
-    known = layout.given[None].expand(batch, -1).clone()  # (B, N)
-    for start, length in layout.windows:
+    for start, length, window in layout.window_given():  # window (L,): asked frames, and the overlap before
         x_t = noise(length)  # (B, C, L, h, w)
         if video is None:
             video = x_t.new_zeros((batch, x_t.shape[1], layout.frames, *x_t.shape[3:]))  # (B, C, N, h, w)
             if given is not None:
                 video[:] = given.to(video)
-        mask = known[:, start:start + length].clone()  # (B, L): asked frames, and the overlap with the window before
-        if mask.any():
+        if window.any():
+            mask = window[None].expand(batch, -1).clone()  # (B, L)
             x0 = denoise(x_t, video[:, :, start:start + length].clone(), mask)
         else:
             x0 = denoise(x_t, None, None)
         video[:, :, start:start + length] = x0
-        known[:, start:start + length] = True
     return video
 
 
@@ -192,22 +232,29 @@ def _pixels(frames: np.ndarray) -> torch.Tensor:
 
 
 def _npz_frames(path: Path) -> torch.Tensor:
-    """The one video of an .npz (key "videos" float (1, C, F, H, W) in [-1, 1], as `latte sample` writes)."""
+    """The first video of an .npz (key "videos" float (N, C, F, H, W) in [-1, 1], as `latte sample` and the web
+    demo write), with a LatteWarning when it holds several."""
     try:
-        with np.load(path) as data:
-            videos = data["videos"] if "videos" in data else None
-    except (OSError, ValueError) as exc:
+        data = np.load(path)  # a .npy under an .npz name loads as a bare array
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise LatteError(f"{path} is not an .npz archive (it holds one bare array): give an .npz written by "
+                             "latte sample")
+        with data:
+            videos = data["videos"] if "videos" in data.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise LatteError(f"cannot read {path}: {exc}") from None
     if videos is None or videos.ndim != 5 or videos.shape[1] not in (1, 3):
         raise LatteError(f"{path} holds no 'videos' array (N, 1 or 3, F, H, W)")
-    if len(videos) != 1:
-        raise LatteError(f"{path} holds {len(videos)} videos: --context takes one (sample it with --num-videos 1)")
+    if len(videos) == 0:
+        raise LatteError(f"{path} holds no videos")
+    if len(videos) > 1:  # `latte sample --num-videos 4` and the page's several videos write one file of them all
+        warnings.warn(f"{path} holds {len(videos)} videos: continuing the first", LatteWarning, stacklevel=2)
     return torch.from_numpy(videos[0]).float()  # (C, F, H, W)
 
 
 def fit_frames(frames: torch.Tensor, channels: int, size: tuple[int, int], name: str) -> torch.Tensor:
     """(C, T, H, W) in [-1, 1] -> (channels, T, *size): RGB to grey by luma, grey repeated to RGB; another size
-    is resized (short side, centre crop, as training data) with a warning."""
+    is resized (short side, centre crop, as training data) with a LatteWarning."""
     if frames.shape[0] == 3 and channels == 1:
         frames = sum(w * c for w, c in zip(LUMA, frames))[None]  # (1, T, H, W)
     elif frames.shape[0] == 1 and channels == 3:
@@ -215,8 +262,8 @@ def fit_frames(frames: torch.Tensor, channels: int, size: tuple[int, int], name:
     elif frames.shape[0] != channels:
         raise LatteError(f"{name} has {frames.shape[0]} channels; the model makes {channels}-channel videos")
     if tuple(frames.shape[-2:]) != tuple(size):
-        print(f"latte sample: warning: {name} is {frames.shape[-1]}x{frames.shape[-2]}, resized to the model's "
-              f"{size[1]}x{size[0]}", file=sys.stderr)  # the user's to see, whatever logging is set up
+        warnings.warn(f"{name} is {frames.shape[-1]}x{frames.shape[-2]}, resized to the model's {size[1]}x{size[0]}",
+                      LatteWarning, stacklevel=2)
         frames = resize_center_crop(frames.permute(1, 0, 2, 3), size).permute(1, 0, 2, 3).clamp(-1, 1)
     return frames.contiguous()
 
@@ -227,14 +274,15 @@ def read_image(path, channels: int, size: tuple[int, int]) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             frames = _pixels(np.asarray(image.convert("RGB"))[None])
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:  # the bomb error: PIL's pixel limit, not an OSError
         raise LatteError(f"cannot read image {path}: {exc}") from None
     return fit_frames(frames, channels, size, str(path))
 
 
 def read_context(path, count: int, channels: int, size: tuple[int, int]) -> torch.Tensor:
     """The last `count` frames (channels, count, H, W) in [-1, 1] of a video file (.mp4, .gif, ...), an .npz
-    written by `latte sample`, or a folder of frame images."""
+    written by `latte sample` or the web demo (its first video, with a LatteWarning when it holds several), or a
+    folder of frame images."""
     path = Path(path)
     if not path.exists():
         raise LatteError(f"context {path} not found")

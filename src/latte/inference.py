@@ -19,13 +19,14 @@ import torch
 
 from latte.checkpoint_files import load_checkpoint
 from latte.config import Config, config_from_dict
+from latte.devices import default_precision
 from latte.diffusion import Objective, make_objective
 from latte.diffusion.samplers import scheduler_for
 from latte.errors import LatteError
-from latte.frame_conditioning import check_trained, default_overlap, frame_layout, frame_masks_trained, read_given
+from latte.frame_conditioning import check_trained, default_overlap, frame_layout, read_given
 from latte.model_sources import DIFFUSERS, LATTE, OFFICIAL, open_source, run_model
 from latte.models import Latte, compile_blocks, load_diffusers_transformer, load_official_checkpoint
-from latte.sampling import SampleRequest, check_speed_options, default_precision, generate, video_conditions
+from latte.sampling import SampleRequest, check_speed_options, generate, video_conditions
 from latte.text_encoder import TextEncoder
 from latte.vae import FrameVAE, load_vae
 
@@ -74,14 +75,17 @@ class VideoGenerator:
         """A SampleRequest of `fields` (None values count as not given) over the run's sample settings: its
         sampler, steps and cfg_scale; a sampler given without steps takes that sampler's default step count.
         More frames than the model's window are made window by window (overlap: half a window) when the
-        request gives frames or the run trained with frame masks; otherwise in one pass, as before."""
+        request gives frames or the run trained with frame masks; otherwise (or when the window is a single
+        tubelet, which no overlap fits) in one pass, as before."""
         given = {k: v for k, v in fields.items() if v is not None}
         s = self.config.sample
         defaults = {"sampler": s.sampler, "steps": None if "sampler" in given else s.steps, "cfg_scale": s.cfg_scale}
         c = self.model.config
         longer = (given.get("num_frames") or c.num_frames) > c.num_frames
-        if longer and (given.get("given") is not None or frame_masks_trained(self.config.train)):
-            defaults["overlap"] = default_overlap(c.num_frames, c.temporal_stride)  # window by window
+        # window by window, unless the window is one tubelet: no overlap leaves a frame to generate
+        if (longer and c.num_frames > c.temporal_stride
+                and (given.get("given") is not None or self.config.train.trained_kinds())):
+            defaults["overlap"] = default_overlap(c.num_frames, c.temporal_stride)
         return SampleRequest(**{**defaults, **given})
 
     def check(self, request: SampleRequest, force: bool = False) -> None:

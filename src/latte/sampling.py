@@ -48,11 +48,6 @@ class SampleRequest:
 
 
 
-def default_precision(device) -> str:
-    """bf16 on CUDA, fp32 elsewhere (CPU bf16 works but is slower than fp32 on most CPUs)."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
-
-
 def check_speed_options(request: SampleRequest, num_timesteps: int | None = None) -> None:
     """One-line errors for a bad precision, cache or cache option (its timestep ranges within the
     objective's `num_timesteps`), before any sampling work."""
@@ -130,7 +125,8 @@ def initial_noise(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
 
 def window_noise(indices: list[int], shape: tuple, seed: int, device):
     """`noise(frames)`: x_T (len(indices), C, frames, h, w) of each window in turn, each drawn after the
-    windows before it from its video's own generator; the first window's is `initial_noise`'s."""
+    windows before it from its video's own generator. A single window (of all the frames) is `initial_noise`'s
+    x_T; the first of several is not (it is drawn in its own, shorter shape)."""
     generators = [torch.Generator().manual_seed(video_seed(seed, i)) for i in indices]
 
     def noise(frames: int) -> torch.Tensor:

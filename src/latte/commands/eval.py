@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from latte.devices import PRECISIONS, pick_device
+from latte.devices import PRECISIONS, default_precision, pick_device
 from latte.errors import LatteError
 from latte.files import check_output_file
 from latte.metrics.clips import ClipProtocol
@@ -61,7 +61,7 @@ def run(args) -> int:
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           i3d_weights=args.i3d_weights, inception_weights=args.inception_weights,
                           c3d_weights=args.c3d_weights, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                          precision=args.precision or ("bf16" if pick_device(args.device).type == "cuda" else "fp32"))
+                          precision=args.precision or default_precision(pick_device(args.device)))
     report = evaluate(options)
     print(format_table(report))
     if args.output:

@@ -18,13 +18,13 @@ import json
 import os
 from pathlib import Path
 
-from latte.devices import PRECISIONS, pick_device
+from latte.cli_arguments import add_model_arguments, open_generator
 from latte.diffusion import SAMPLERS
 from latte.diffusion.samplers import parse_scheduler_options
 from latte.errors import LatteError
 from latte.inference import VideoGenerator, load_run
 from latte.sample_folder import check_arguments, check_output, claim_folder
-from latte.sampling import default_precision, video_seed
+from latte.sampling import video_seed
 from latte.video_io import atomic_path, save_videos
 
 SUFFIXES = (".mp4", ".gif", ".png", ".npz")
@@ -36,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Generate videos from a training checkpoint or run directory (its latest checkpoint). "
                     "The same seed gives the same videos.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    add_model_arguments(parser, "checkpoint file or run directory")
     parser.add_argument("--output", required=True,
                         help="FILE.mp4 | .gif | .png (filmstrip grid) | .npz (raw arrays), or a folder for one mp4 per video")
     parser.add_argument("--num-videos", type=int, default=None, help="default: 4, or one per prompt")
@@ -58,15 +58,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--scheduler-options", default=None, metavar="KEY=VALUE,...",
                         help="other settings of the sampler's diffusers scheduler, e.g. solver_order=3 (docs/sampling.md)")
     parser.add_argument("--fps", type=int, default=None)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="transformer (bf16 autocast) and VAE precision (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--cache", choices=["none", "pab"], default="none",
-                        help="pab: Pyramid Attention Broadcast, attention outputs reused across steps (docs/sampling.md)")
-    parser.add_argument("--cache-options", default=None, metavar="SPEC",
-                        help="PAB: KIND=INTERVAL[@LO-HI],... for spatial/temporal/cross "
-                             "(default spatial=2@100-800,temporal=4@100-800,cross=6@100-900)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block in place")
     frames = parser.add_argument_group(
         "frame conditioning", "given frames are kept exactly; the model must have trained with train.mask_* "
@@ -131,9 +122,7 @@ def run(args) -> int:
     prompts = read_prompts(args.prompt, args.prompt_file)
     num_videos = args.num_videos if args.num_videos is not None else (len(prompts) or 4)
     check_output(output, folder_mode, args.overwrite)
-    device = pick_device(args.device)
-    precision = args.precision or default_precision(device)
-    generator = load_run(args.checkpoint, use_ema=not args.no_ema).to(device, precision)
+    generator, precision, cache = open_generator(args, load_run)
     if args.compile:
         generator.compile()
     given, given_at, inputs = generator.read_given(image=args.image, context=args.context,
@@ -142,7 +131,7 @@ def run(args) -> int:
                                 class_label=args.class_label, seed=args.seed, batch_size=args.batch_size,
                                 num_frames=args.num_frames, eta=args.eta, prompts=prompts or None,
                                 negative_prompt=args.negative_prompt, precision=precision,
-                                cache=None if args.cache == "none" else args.cache, cache_options=args.cache_options,
+                                cache=cache, cache_options=args.cache_options,
                                 scheduler_options=scheduler_options, given=given, given_at=given_at,
                                 overlap=args.overlap, image_cfg_scale=args.image_cfg_scale)
     generator.check(request, force=args.force)  # before any work

@@ -79,9 +79,7 @@ def image_guided_output(outputs: tuple[torch.Tensor, ...], scale: float, image_s
     p = slice(0, channels)
     guided = (without[:, p] + image_scale * (null_with_frames[:, p] - without[:, p])
               + scale * (with_frames[:, p] - null_with_frames[:, p]))
-    out = torch.cat([guided, with_frames[:, channels:]], dim=1)
-    where = given_mask.view(given_mask.shape[0], 1, given_mask.shape[1], 1, 1)  # (B, 1, F, 1, 1)
-    return torch.where(where, without, out)
+    return keep_given(torch.cat([guided, with_frames[:, channels:]], dim=1), without, given_mask)
 
 
 def solver_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> np.ndarray:

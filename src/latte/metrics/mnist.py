@@ -96,12 +96,18 @@ def centroids(videos: torch.Tensor) -> torch.Tensor:
     return torch.stack([(mass * ys).sum(dim=(2, 3)) / total, (mass * xs).sum(dim=(2, 3)) / total], dim=-1)
 
 
+def centroid_jitter(videos: torch.Tensor) -> torch.Tensor:
+    """(N, F - 2) px: the norm of the centroid's second difference c[f+1] - 2 c[f] + c[f-1] at f = 1..F-2 of
+    (N, 1, F, H, W) clips (0 for a digit moving at constant velocity)."""
+    c = centroids(videos)  # (N, F, 2)
+    return (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
+
+
 def motion(videos: torch.Tensor) -> tuple[float, float]:
     """(mean centroid step px, median jitter px) of (N, 1, F, H, W) clips."""
     c = centroids(videos)
     steps = (c[:, 1:] - c[:, :-1]).norm(dim=-1)
-    jitter = (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
-    return steps.mean().item(), jitter.median().item()
+    return steps.mean().item(), centroid_jitter(videos).median().item()
 
 
 @torch.no_grad()

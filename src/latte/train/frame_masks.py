@@ -29,18 +29,18 @@ import torch
 from latte.config import TrainSection
 from latte.errors import LatteError
 
-KINDS = ("first", "prefix", "last", "ends", "random")  # train.mask_<kind>: its probability per clip
+KINDS = TrainSection.MASK_KINDS  # train.mask_<kind>: its probability per clip
 KEYS = tuple(f"mask_{kind}" for kind in KINDS)
 RANDOM_RATE = 0.5  # the random kind: the chance of each frame (unit) to be given
 
 
 def probabilities(train: TrainSection) -> tuple[float, ...]:
     """The probability of each kind, in KINDS order."""
-    return tuple(getattr(train, key) for key in KEYS)
+    return train.mask_probabilities
 
 
 def enabled(train: TrainSection) -> bool:
-    return any(probabilities(train))
+    return bool(train.trained_kinds())
 
 
 def check(train: TrainSection, video_frames: int, unit: int, where: str) -> None:
