@@ -34,26 +34,17 @@ KEYS = tuple(f"mask_{kind}" for kind in KINDS)
 RANDOM_RATE = 0.5  # the random kind: the chance of each frame (unit) to be given
 
 
-def probabilities(train: TrainSection) -> tuple[float, ...]:
-    """The probability of each kind, in KINDS order."""
-    return train.mask_probabilities
-
-
-def enabled(train: TrainSection) -> bool:
-    return bool(train.trained_kinds())
-
-
 def check(train: TrainSection, video_frames: int, unit: int, where: str) -> None:
     """One-line errors for mask settings the clips cannot take: too few frames (units of `unit` frames) to
     give some and generate others, or a fixed prefix that is not whole units of a clip. `where` names
     what sets the frames and the unit, for the message."""
-    total = sum(probabilities(train))
+    total = sum(train.mask_probabilities)
     if total > 1 + 1e-9:
         raise LatteError(f"train.{' + '.join(KEYS)} = {total:g} must be <= 1 (the rest of the clips get no mask)")
     k = train.mask_prefix_frames
     if k and not train.mask_prefix:
         raise LatteError("train.mask_prefix_frames applies when train.mask_prefix > 0")
-    if not enabled(train):
+    if not train.trained_kinds():
         return
     units = video_frames // unit
     need = 3 if train.mask_ends else 2  # ends gives two units and must leave one
@@ -78,7 +69,7 @@ def draw_given(train: TrainSection, clips: int, video_frames: int, unit: int, im
     k_draw = torch.rand(clips, generator=generator, device=where)  # (G,)
     frame_draw = torch.rand((clips, units), generator=generator, device=where)  # (G, U)
     kind = torch.zeros(clips, dtype=torch.long, device=where)  # (G,) index into KINDS; len(KINDS): no mask
-    for edge in accumulate(probabilities(train)):  # host numbers: no host-to-device copy per step
+    for edge in accumulate(train.mask_probabilities):  # host numbers: no host-to-device copy per step
         kind += (kind_draw.double() >= edge).long()
     fixed = train.mask_prefix_frames // unit
     k = torch.full_like(kind, fixed) if fixed else 1 + (k_draw * (units - 1)).long().clamp(max=units - 2)  # (G,)

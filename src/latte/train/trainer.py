@@ -253,7 +253,7 @@ class Trainer:
         """Frame masks (G, F) for the whole global batch, True at frames given clean (latte.train.frame_masks),
         from the noise stream right after `_draw`; None, drawing nothing, when every train.mask_* is 0."""
         t = self.config.train
-        if not frame_masks.enabled(t):
+        if not t.trained_kinds():
             return None
         return frame_masks.draw_given(t, t.batch_size, x_shape[2] - num_images, self.model_config.temporal_stride,
                                       num_images, self.noise, self.device)
