@@ -62,6 +62,7 @@ from latte.inference import VideoGenerator, load_run
 from latte.metrics.evaluate import stats_cache_dir
 from latte.metrics.mnist import cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
 from latte.train.heldout import SEED
+from latte.video_io import save_videos
 
 COLUMNS = ("method", "frames", "mse_mean", "mse_best", "mse_frame_mean", "mse_frame_best", "ssim_mean", "ssim_best",
            "digit_kept", "velocity_error")
@@ -237,9 +238,10 @@ def check_prediction(generator: VideoGenerator, clip: dict, given: int, samples:
 
 
 def measure(generator: VideoGenerator, clips: list[dict], given: int, samples: int, net, options: dict,
-            seed: int = 0, force: bool = False, progress: bool = True) -> list[dict]:
+            seed: int = 0, force: bool = False, progress: bool = True, shown: list | None = None) -> list[dict]:
     """Rows of every method (METHODS) over held-out clips (a prediction check_prediction passed: each request is
-    checked again as it is made); `net` None (two-digit clips): no digit kept."""
+    checked again as it is made); `net` None (two-digit clips): no digit kept. `shown` collects each clip and
+    the model's first sample, (2, C, F, H, W), for a filmstrip."""
     frames = clips[0]["video"].shape[1]
     per_method = {name: [] for name in METHODS}
     for i, item in enumerate(tqdm(clips, desc="clips", unit="clip", disable=not progress)):
@@ -248,6 +250,8 @@ def measure(generator: VideoGenerator, clips: list[dict], given: int, samples: i
                   "copy last": copy_last(clip, given),
                   "unconditioned": predict(generator, item, given, samples, seed + i, options, conditioned=False,
                                            force=force)}
+        if shown is not None:
+            shown.append(torch.stack([clip, videos["model"][0]]))
         for name, video in videos.items():
             per_method[name].append(readings(video, clip, given, label, net))
     return [row for name in METHODS for row in summarize(name, per_method[name], given, frames)]
@@ -298,11 +302,14 @@ def long_readings(videos: torch.Tensor, labels: torch.Tensor | None, windows: tu
     jitter = centroid_jitter(grey(videos))  # (N, F - 2), centred at 1..F-2
     boundary = jitter_places(frames, window_joins(windows))
     at, inside = jitter[:, boundary], jitter[:, ~boundary]
-    read = None
+    read, by_quarter = None, None
     if labels is not None and net is not None:
-        read = (frame_digits(net, grey(videos)) == labels[:, None]).float().mean().item()
+        right = (frame_digits(net, grey(videos)) == labels[:, None]).float()  # (N, F)
+        read = right.mean().item()
+        by_quarter = [span.mean().item() for span in right.tensor_split(4, dim=1)]  # does the digit drift away?
     ratio = at.median().item() / max(inside.median().item(), 1e-9) if at.numel() and inside.numel() else None
     return {"frames": frames, "videos": len(videos), "windows": [list(w) for w in windows], "digit_read": read,
+            "digit_read_by_quarter": by_quarter,
             "jitter_boundary_median": at.median().item() if at.numel() else None,
             "jitter_inside_median": inside.median().item() if inside.numel() else None,
             "jitter_boundary_mean": at.mean().item() if at.numel() else None,
@@ -369,8 +376,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
     parser.add_argument("--force", action="store_true", help="measure a checkpoint trained without frame masks")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write settings and rows here")
+    parser.add_argument("--filmstrip", type=Path, default=None, metavar="PNG",
+                        help="prediction: the first --filmstrip-clips clips, each its true clip above the model's "
+                             "first sample, the given frames marked")
+    parser.add_argument("--filmstrip-clips", type=int, default=3, help="clips in --filmstrip (default: %(default)s)")
     args = parser.parse_args(argv)
-    for name in ("clips", "samples", "per_class", "given", "frames", "long"):  # 0 is not "the default"
+    for name in ("clips", "samples", "per_class", "given", "frames", "long", "filmstrip_clips"):  # 0 is not "the default"
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -406,7 +417,9 @@ def main(argv=None) -> int:
         settings["seconds"] = time.perf_counter() - started
         print(f"{args.checkpoint}: {result['videos']} videos of {args.long} frames, windows {windows}, "
               f"{settings['seconds']:.0f} s; classifier on real frames {fmt(accuracy, '.1%')}")
-        print(f"frames read as the asked digit  {fmt(result['digit_read'], '.1%')}   (goal >= 90%)")
+        quarters = " ".join(fmt(q, ".1%") for q in result["digit_read_by_quarter"] or [None])
+        print(f"frames read as the asked digit  {fmt(result['digit_read'], '.1%')}   (goal >= 90%); "
+              f"by quarter of the video {quarters}")
         print(f"centroid jitter px (median)     at joins {fmt(result['jitter_boundary_median'], '.2f')}   inside "
               f"{fmt(result['jitter_inside_median'], '.2f')}   ratio {fmt(result['jitter_ratio'], '.2f')} "
               f"(goal <= 1.5)   real clips {result['jitter_real_median']:.2f}")
@@ -414,7 +427,11 @@ def main(argv=None) -> int:
               f"{fmt(result['jitter_inside_mean'], '.2f')}")
         payload = {"settings": settings, "long": result}
     else:
-        rows = measure(generator, clips, given, args.samples, net, options, args.seed, args.force)
+        shown = [] if args.filmstrip else None
+        rows = measure(generator, clips, given, args.samples, net, options, args.seed, args.force, shown=shown)
+        if args.filmstrip:
+            pairs = torch.cat(shown[:args.filmstrip_clips])  # (2 k, C, F, H, W): true clip, then the model's
+            print(save_videos(args.filmstrip, pairs, given_at=range(given))[0])
         summary = goal(rows, given, frames)
         settings.update(given=given, frames=frames, clips=args.clips, samples=args.samples,
                         seconds=time.perf_counter() - started)

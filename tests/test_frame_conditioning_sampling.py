@@ -27,7 +27,7 @@ from latte.sampling import SampleRequest
 from latte.train.checks import load_config
 from latte.train.run import train
 from latte.vae import load_vae
-from latte.video_io import save_videos
+from latte.video_io import MARK_COLOUR, save_videos
 
 TINY = ["train.device=cpu", "data.num_workers=0", "train.max_steps=1", "train.checkpoint_every=1"]
 RUNS = {"prefix": ["train.mask_first=0.3", "train.mask_prefix=0.3"],  # never a given last frame
@@ -83,6 +83,14 @@ def test_given_frames_of_a_pixel_run_are_the_inputs_exactly(ws, tmp_path, capsys
     for video in videos:
         assert torch.equal(video[:, :1], first) and torch.equal(video[:, 3:], last)
         assert not torch.equal(video[:, 1], video[:, 0])  # the frames between are generated
+    # the filmstrip marks the given frames (0 and the last) with a bar in the gap under each row
+    strip = tmp_path / "ends.png"
+    assert sample(ws, "ends", strip, "--image", str(ws / "first.png"), "--end-image", str(ws / "last.png")) == 0
+    grid = np.array(Image.open(strip))  # 2 rows x 4 frames of 16 px, 2 px gaps, scaled by `scale`
+    scale = grid.shape[1] // (4 * 18 - 2)
+    assert grid.shape[0] == scale * 2 * 18
+    bar = grid[scale * 17, ::scale * 18][:4]  # a pixel of the gap under row 0, in each column
+    assert [tuple(p) for p in bar] == [MARK_COLOUR, (40, 40, 40), (40, 40, 40), MARK_COLOUR]
     # continuation: the last 2 frames of a 6-frame npz written by `latte sample` are the first 2
     out = tmp_path / "more.npz"
     assert sample(ws, "prefix", out, "--context", str(ws / "six.npz"), "--context-frames", "2") == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from latte.errors import LatteError
 from latte.frame_conditioning import plan_windows
@@ -18,6 +19,7 @@ from latte.inference import load_run
 from latte.metrics.mnist import centroid_jitter, classifier, motion
 from latte.train.checks import load_config
 from latte.train.run import train
+from latte.video_io import MARK_COLOUR
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("prediction", ROOT / "benchmarks" / "prediction.py")
@@ -126,6 +128,8 @@ def test_long_videos_are_read_at_the_joins_plan_windows_makes(run):
     assert windows == plan_windows(10, 4, 2)
     result = bench.long_readings(videos, labels, windows, classifier().eval())
     assert 0 <= result["digit_read"] <= 1 and result["windows"] == [[0, 4], [2, 4], [4, 4], [6, 4]]
+    quarters = result["digit_read_by_quarter"]  # 10 frames in spans of 3, 3, 2, 2
+    assert len(quarters) == 4 and result["digit_read"] == pytest.approx(sum(q * n for q, n in zip(quarters, (3, 3, 2, 2))) / 10)
     for key in ("jitter_boundary_median", "jitter_inside_median", "jitter_ratio"):
         assert math.isfinite(result[key]) and result[key] >= 0
 
@@ -134,9 +138,14 @@ def test_the_script_prints_its_table_and_writes_json(run, tmp_path, capsys):
     out = tmp_path / "rows.json"
     common = ["--checkpoint", str(run), "--steps", "2", "--device", "cpu", "--classifier-seconds", "0.5",
               "--cache-dir", str(tmp_path / "cache")]
-    assert bench.main([*common, "--clips", "1", "--samples", "2", "--json", str(out)]) == 0
+    strip = tmp_path / "prediction.png"
+    assert bench.main([*common, "--clips", "1", "--samples", "2", "--json", str(out), "--filmstrip", str(strip)]) == 0
     printed = capsys.readouterr().out
-    assert "1 held-out clips of 4 frames, 2 given, 2 samples each" in printed
+    assert "1 held-out clips of 4 frames, 2 given, 2 samples each" in printed and f"{strip}\n" in printed
+    grid = np.array(Image.open(strip))  # the true clip above the model's sample: 2 rows of 4 frames
+    scale = grid.shape[1] // (4 * (16 + 2) - 2)
+    bars = grid[scale * 17, ::scale * 18][:4]  # the gap under the first row, in each column
+    assert grid.shape[0] == 2 * 18 * scale and [tuple(p) for p in bars] == [MARK_COLOUR] * 2 + [(40, 40, 40)] * 2
     assert "goal: MSE over frames 2-3 / copying the last given frame" in printed
     saved = json.loads(out.read_text())
     assert len(saved["rows"]) == 9 and saved["settings"]["given"] == 2 and saved["goal"]["frames"] == "2-3"

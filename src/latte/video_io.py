@@ -6,6 +6,7 @@ sees half a file.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -65,13 +66,21 @@ def write_gif(path, frames: np.ndarray, fps: int = 8) -> Path:
     return Path(path)
 
 
-def write_filmstrip_png(path, videos: np.ndarray, gap: int = 2) -> Path:
-    """videos (N, F, H, W, 3) uint8 -> one grid: a row per video, a column per frame."""
+MARK_COLOUR = (255, 160, 0)  # the bar under given frames in a filmstrip
+
+
+def write_filmstrip_png(path, videos: np.ndarray, gap: int = 2, marked: Sequence[int] = ()) -> Path:
+    """videos (N, F, H, W, 3) uint8 -> one grid: a row per video, a column per frame; the frames at
+    `marked` (indices, negative from the end: the given frames of frame conditioning) get an orange bar
+    under them, in the gap below each row."""
     n, f, h, w, _ = videos.shape
-    grid = np.full((n * (h + gap) - gap, f * (w + gap) - gap, 3), 40, np.uint8)
+    grid = np.full((n * (h + gap) - (0 if marked else gap), f * (w + gap) - gap, 3), 40, np.uint8)
+    columns = sorted({j % f for j in marked})
     for i in range(n):
         for j in range(f):
             grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = videos[i, j]
+        for j in columns:
+            grid[i * (h + gap) + h:(i + 1) * (h + gap), j * (w + gap):j * (w + gap) + w] = MARK_COLOUR
     scale = max(1, -(-MIN_SIDE // min(h, w)))
     image = Image.fromarray(grid)
     if scale > 1:
@@ -94,16 +103,18 @@ def tile_videos(videos: np.ndarray, gap: int = 2) -> np.ndarray:
     return grid
 
 
-def save_videos(path, videos: torch.Tensor, fps: int = 8, separate: bool = False) -> list[Path]:
+def save_videos(path, videos: torch.Tensor, fps: int = 8, separate: bool = False,
+                given_at: Sequence[int] = ()) -> list[Path]:
     """videos (N, C, F, H, W) in [-1, 1] into the file `path` names; the suffix picks the format:
     .mp4 / .gif one video (several videos tiled in a grid, or one file each, name_000.mp4 ..., when
-    `separate`), .png one filmstrip of all, .npz the raw arrays."""
+    `separate`), .png one filmstrip of all (the frames at `given_at`, the given ones, marked), .npz the
+    raw arrays."""
     path = Path(path)
     if path.suffix not in SUFFIXES:
         raise LatteError(f"unknown video format {path.suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}")
     frames = np.stack([to_uint8(v) for v in videos])  # (N, F, H, W, 3)
     if path.suffix == ".png":
-        return [write_filmstrip_png(path, frames)]
+        return [write_filmstrip_png(path, frames, marked=given_at)]
     if path.suffix == ".npz":
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
