@@ -65,6 +65,15 @@ def test_tubelets_are_given_whole_and_joint_images_never():
     assert given[:, :8].any(dim=1).float().mean().item() > 0.8
 
 
+def test_the_frames_preset_is_the_default_with_masks():
+    default, frames = load_config("moving-mnist", None, []), load_config("moving-mnist-frames", None, [])
+    assert frames.train.trained_kinds() == {"first", "prefix", "ends"} and not default.train.trained_kinds()
+    for kind in TrainSection.MASK_KINDS:
+        setattr(frames.train, f"mask_{kind}", 0.0)
+    frames.train.output_dir = default.train.output_dir
+    assert frames == default
+
+
 def test_masks_off_draw_nothing_and_old_configs_resume_with_masks_off(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
     before = trainer.noise.get_state()
