@@ -37,9 +37,9 @@ first frame a window generates) against every other frame; goal: boundary within
 
 --shape standard builds the standard setting's clips: two digits (28 px, as MNIST's) on 64x64, 10 given and 10
 predicted (OpenSTL lists MSE per frame from 15 to 36 for deterministic models there). Only the shape matches:
-the digits and paths are latte's generator's (test pool), not the published test file, and latte's data config
-has no key for the digit count, so a run trains on one digit and sees two only here. It needs a 64x64 model;
-the classifier reads one digit, so the digit-kept column is empty for two-digit clips.
+the digits and paths are latte's generator's (test pool), not the published test file. It needs a 64x64 model,
+best one trained on that shape (data.resolution=64, data.num_frames=20, data.mnist_digits=2,
+data.mnist_digit_size=28); the classifier reads one digit, so the digit-kept column is empty for two-digit clips.
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def heldout_clips(generator: VideoGenerator, count: int, frames: int, standard: 
         raise LatteError(f"--shape standard needs a model of 64x64 frames; this run makes {size[1]}x{size[0]}")
     held = build_dataset(data.dataset, None, num_frames=frames, frame_interval=data.frame_interval,
                          resolution=size[0], images_per_clip=0, seed=SEED, train=False, split="test", length=count,
-                         channels=channels, **extra, **data.mnist_kwargs())
+                         channels=channels, **{**data.mnist_kwargs(), **extra})
     return [held[i] for i in range(count)]
 
 
@@ -406,7 +406,7 @@ def main(argv=None) -> int:
         clips = heldout_clips(generator, args.clips, frames, standard)
         check_prediction(generator, clips[0], given, args.samples, options, args.force)  # before the classifier
     net, accuracy = None, None
-    if not standard and config.data.is_moving_mnist:  # the classifier reads one digit
+    if not standard and config.data.is_moving_mnist and config.data.mnist_digits == 1:  # the classifier reads one digit
         net, accuracy = cached_classifier(size, c.num_frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
         settings["classifier_real_accuracy"] = accuracy
     started = time.perf_counter()

@@ -1,3 +1,5 @@
+import re
+
 import av
 import numpy as np
 import pytest
@@ -100,6 +102,26 @@ def test_speed_and_bounce_reach_the_dataset_from_the_training_config():
     assert dataset.base.bounce is False and dataset.base.speed == (1.0, 2.0)
     with pytest.raises(LatteError, match="data.mnist_bounce applies to the moving-mnist dataset only"):
         load_config(None, None, ["data.dataset=ucf101", "data.mnist_bounce=false"])
+    assert "num_digits" not in config.data.mnist_kwargs()  # unset: the fingerprints of earlier runs stay
+
+
+def test_digit_count_and_size_reach_the_dataset_from_the_training_config():
+    """The standard prediction setting's shape: two 28 px digits on 64x64 (benchmarks/prediction.py --shape standard)."""
+    from latte.train.build import build_training_data
+    from latte.train.checks import load_config
+
+    config = load_config("moving-mnist", None, ["data.resolution=64", "data.mnist_digits=2", "data.mnist_digit_size=28"])
+    dataset = build_training_data(config)[0]
+    assert dataset.base.num_digits == 2 and dataset.base.digit_size == 28
+    video = dataset.base[0]["video"][0]  # (F, 64, 64): two digits' worth of ink, most frames
+    one = MovingMNIST(num_frames=16, resolution=64, digit_size=28)[0]["video"][0]
+    assert (video > 0).float().mean() > (one > 0).float().mean()
+    for overrides, needle in ((["data.mnist_digits=0"], "data.mnist_digits must be in [1, inf), got 0"),
+                              (["data.mnist_digit_size=33"], "data.mnist_digit_size 33 must fit the 32 px canvas"),
+                              (["data.dataset=ucf101", "data.mnist_digits=2"],
+                               "data.mnist_digits applies to the moving-mnist dataset only")):
+        with pytest.raises(LatteError, match=re.escape(needle)):
+            load_config("moving-mnist", None, overrides)
 
 
 def test_missing_csv_is_a_clear_error(tmp_path):

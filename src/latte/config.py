@@ -46,6 +46,7 @@ class ModelSection:
     text_encoder: str | None = None  # minilm (offline all-MiniLM-L6-v2) | Hugging Face folder or hub id (T5 ...)
     text_max_length: int | None = None  # caption tokens; None: 120 for T5, 32 for other encoders
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
+    pooled_text: bool = False  # the caption's mean feature also joins the timestep embedding (SD3's pooled path)
     init_from_pixart: str | None = None  # diffusers PixArt-alpha transformer folder: spatial blocks start from it
     # Fine-tuning (latte/train/finetune.py): start from a model's architecture and weights, train all or part of it.
     init_from: str | None = None  # latte run folder or checkpoint, official Latte .pt, or diffusers LatteTransformer3DModel folder
@@ -86,10 +87,13 @@ class DataSection:
     vae: str = "none"  # none (pixel space) | diffusers AutoencoderKL folder or hub id
     cache: str | None = None  # latent cache written by `latte encode`
     num_workers: int = 2
-    # moving-mnist only: digit speed range in pixels per frame, and whether digits bounce off the edges
+    # moving-mnist only: digit speed range in pixels per frame, whether digits bounce off the edges, how
+    # many digits a clip holds (labels and captions name the first) and their size (None: 0.56 x resolution)
     mnist_min_speed: float = 1.5
     mnist_max_speed: float = 3.0
     mnist_bounce: bool = True
+    mnist_digits: int = 1
+    mnist_digit_size: int | None = None
 
     @property
     def is_moving_mnist(self) -> bool:
@@ -97,7 +101,13 @@ class DataSection:
 
     def mnist_kwargs(self) -> dict:
         """The MovingMNIST keyword arguments the mnist_* keys set."""
-        return {"speed": (self.mnist_min_speed, self.mnist_max_speed), "bounce": self.mnist_bounce}
+        kwargs = {"speed": (self.mnist_min_speed, self.mnist_max_speed), "bounce": self.mnist_bounce}
+        # the digit keys only when set, so the data fingerprints of earlier runs and ablations stay as they were
+        if self.mnist_digits != 1:
+            kwargs["num_digits"] = self.mnist_digits
+        if self.mnist_digit_size is not None:
+            kwargs["digit_size"] = self.mnist_digit_size
+        return kwargs
 
 
 @dataclass

@@ -33,7 +33,7 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
 
 # Model keys that only one kind of model reads: a changed value for the other kind is an error, not ignored.
 CLASS_MODEL_KEYS = ("conditioning", "class_conditional", "class_dropout", "init_from_dit")
-TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout", "init_from_pixart")
+TEXT_MODEL_KEYS = ("text_max_length", "caption_dropout", "init_from_pixart", "pooled_text")
 
 
 def validate_model(m: ModelSection) -> None:
@@ -57,7 +57,7 @@ def validate_model(m: ModelSection) -> None:
     check_range("model.caption_dropout", m.caption_dropout, 0, 1, high_open=True)
 
 
-MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce")
+MNIST_DATA_KEYS = ("mnist_min_speed", "mnist_max_speed", "mnist_bounce", "mnist_digits", "mnist_digit_size")
 
 
 def validate(config: Config) -> None:
@@ -95,6 +95,9 @@ def validate(config: Config) -> None:
     if config.train.batch_size % config.train.grad_accum:
         raise LatteError(f"train.batch_size {config.train.batch_size} must be divisible by train.grad_accum "
                          f"{config.train.grad_accum}")
+    size = config.data.mnist_digit_size
+    if config.data.is_moving_mnist and size is not None and size > config.data.resolution:
+        raise LatteError(f"data.mnist_digit_size {size} must fit the {config.data.resolution} px canvas")
     if config.data.mnist_min_speed > config.data.mnist_max_speed:
         raise LatteError(f"data.mnist_min_speed {config.data.mnist_min_speed} must be <= data.mnist_max_speed "
                          f"{config.data.mnist_max_speed}")
@@ -162,6 +165,8 @@ RANGES = {
     ("data", "num_workers"): (0, INF, False, False),
     ("data", "mnist_min_speed"): (0, INF, False, True),
     ("data", "mnist_max_speed"): (0, INF, False, True),
+    ("data", "mnist_digits"): (1, INF, False, False),
+    ("data", "mnist_digit_size"): (4, INF, False, False),
     ("optim", "lr"): (0, INF, True, True),
     ("optim", "beta1"): (0, 1, False, True),
     ("optim", "beta2"): (0, 1, False, True),
