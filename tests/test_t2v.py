@@ -149,8 +149,9 @@ def test_full_size_latte1_names_and_shapes_equal_diffusers():
     assert model.num_parameters() == sum(p.numel() for p in ref.parameters()) == 1_057_246_880
 
 
-def test_padded_caption_tokens_only_matter_through_the_mask():
-    model = tiny().eval()
+@pytest.mark.parametrize("pooled", [False, True])
+def test_padded_caption_tokens_only_matter_through_the_mask(pooled):
+    model = tiny(pooled_text=pooled).eval()
     x, t, text, mask = inputs()
     with torch.no_grad():
         base = run(model, x, t, text, mask)
@@ -173,8 +174,9 @@ def test_fresh_model_outputs_exactly_zero_and_config_round_trips():
     assert model.config.learn_sigma and model.config.out_channels == 8
 
 
-def test_joint_image_frames_skip_temporal_blocks_and_take_their_own_captions():
-    model = tiny(temporal_pos="rope").eval()
+@pytest.mark.parametrize("pooled", [False, True])
+def test_joint_image_frames_skip_temporal_blocks_and_take_their_own_captions(pooled):
+    model = tiny(temporal_pos="rope", pooled_text=pooled).eval()
     x, t, text, mask = inputs(frames=5)  # 3 video frames + 2 images
     captions = torch.randn(2, 3, TOKENS, CAPTION)  # video caption, then one per image
     with torch.no_grad():
@@ -189,6 +191,29 @@ def test_joint_image_frames_skip_temporal_blocks_and_take_their_own_captions():
         shared = run(model, x, t, captions[:, 0], mask, num_images=2)  # one caption for all frames
         assert (shared[:, :, 3:] - out[:, :, 3:]).abs().max() > 1e-3
         torch.testing.assert_close(shared[:, :, :3], out[:, :, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_pooled_text_adds_the_mean_caption_feature_to_the_timestep_embedding():
+    """pooled_text: the mean of the kept caption features, projected, joins t_emb before t_block and the
+    final layer (SD3's pooled path); the model has the projection only when asked, and diffusers'
+    LatteTransformer3DModel (which has no such path) is refused in one line."""
+    x, t, text, mask = inputs()
+    plain, pooled = tiny(), tiny(pooled_text=True)
+    assert not any("pooled" in name for name in plain.state_dict())
+    assert {n for n in pooled.state_dict() if "pooled" in n} == {f"pooled_projection.fc{i}.{w}" for i in (1, 2)
+                                                                 for w in ("weight", "bias")}
+    seen = {}
+    pooled.t_block.register_forward_pre_hook(lambda module, args: seen.setdefault("t_emb", args[0]))
+    with torch.no_grad():
+        run(pooled.eval(), x, t, text, mask)
+        t_emb = pooled.t_embedder(t)[:, None]  # (B, 1, D): one time per clip
+        kept = mask[..., None].float()
+        mean = (text * kept).sum(1) / kept.sum(1)  # (B, C) over the kept tokens only
+        torch.testing.assert_close(seen["t_emb"], t_emb + pooled.pooled_projection(mean)[:, None], atol=1e-6, rtol=0)
+    with pytest.raises(LatteError, match="pooled_text needs a text-to-video model"):
+        create_model("Latte-T/2", pooled_text=True)
+    with pytest.raises(LatteError, match="no pooled caption path"):
+        config_to_diffusers(pooled.config)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

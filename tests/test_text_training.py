@@ -16,6 +16,7 @@ from latte.cli import main
 from latte.data.cache import CacheSettings, LatentCacheDataset, encode_dataset
 from latte.data.manifest import read_manifest
 from latte.errors import LatteError
+from latte.inference import load_run
 from latte.sampling import SampleRequest, generate
 from latte.text_encoder import TextEncoder, drop_captions, minilm_folder
 from latte.train.checks import load_config
@@ -97,6 +98,14 @@ def test_text_model_config_errors_name_the_key(overrides, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(LatteError, match="model.caption_dropout applies to text-to-video models only"):
         load_config("moving-mnist", None, ["model.caption_dropout=0.3"])
+    with pytest.raises(LatteError, match="model.pooled_text applies to text-to-video models only"):
+        load_config("moving-mnist", None, ["model.pooled_text=true"])
+
+
+def test_pooled_text_reaches_the_model_and_its_checkpoint(tmp_path):
+    train(text_config(tmp_path, "model.pooled_text=true", "train.max_steps=2"))
+    generator = load_run(tmp_path)
+    assert generator.model.config.pooled_text and hasattr(generator.model, "pooled_projection")
 
 
 def test_training_starts_from_a_pixart_alpha_transformer_when_asked(tmp_path):

@@ -247,8 +247,11 @@ class AdaLNSingle(Conditioner):
 
     def model_modules(self) -> dict[str, nn.Module]:
         dim = self.config.hidden_size
-        return {"t_block": nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)),  # shared by every block
-                "caption_projection": CaptionProjection(self.config.caption_channels, dim)}
+        modules = {"t_block": nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)),  # shared by every block
+                   "caption_projection": CaptionProjection(self.config.caption_channels, dim)}
+        if self.config.pooled_text:  # the caption's mean feature -> a vector added to the timestep embedding
+            modules["pooled_projection"] = CaptionProjection(self.config.caption_channels, dim)
+        return modules
 
     @staticmethod
     def block_parameters(dim: int, chunks: int) -> dict:
@@ -259,16 +262,33 @@ class AdaLNSingle(Conditioner):
         return {"scale_shift_table": nn.Parameter(torch.randn(2, dim) / dim**0.5)}
 
     def normal_init(self, model) -> list[torch.Tensor]:
-        return [model.t_block[1].weight, model.caption_projection.fc1.weight, model.caption_projection.fc2.weight]
+        projections = [model.caption_projection] + ([model.pooled_projection] if self.config.pooled_text else [])
+        return [model.t_block[1].weight] + [w for p in projections for w in (p.fc1.weight, p.fc2.weight)]
 
     def context(self, model, t_emb, frames, video_frames, rope, y=None, drop=None, captions=None, caption_mask=None):
-        text, bias = self.captions(model.caption_projection, captions, caption_mask, t_emb.shape[0],
-                                   frames - video_frames)
-        return SingleContext(video_frames, rope, shared=model.t_block(t_emb), t_emb=t_emb, text=text, text_bias=bias)
+        text, keep = self.checked_captions(captions, caption_mask, t_emb.shape[0], frames - video_frames)
+        if self.config.pooled_text:
+            t_emb = t_emb + self.pooled(model.pooled_projection, text, keep, frames, video_frames)  # (B, F or 1, D)
+        bias = None if keep is None else (1 - keep) * MASK_BIAS  # (B, G, L)
+        return SingleContext(video_frames, rope, shared=model.t_block(t_emb), t_emb=t_emb,
+                             text=model.caption_projection(text), text_bias=bias)
 
-    def captions(self, projection, text, mask, batch: int, num_images: int):
+    @staticmethod
+    def pooled(projection, text, keep, frames: int, video_frames: int) -> torch.Tensor:
+        """Mean feature of each caption's kept tokens, projected: (B, 1, D) for one caption per clip, else
+        (B, F, D): the video's caption for its frames, then each image frame's own."""
+        if keep is None:
+            mean = text.mean(dim=2)  # (B, G, C)
+        else:
+            mean = (text * keep[..., None]).sum(dim=2) / keep.sum(dim=2, keepdim=True).clamp(min=1)
+        vector = projection(mean.to(text.dtype))  # (B, G, D)
+        if vector.shape[1] == 1:
+            return vector
+        return torch.cat([vector[:, :1].expand(-1, video_frames, -1), vector[:, 1:]], dim=1)  # (B, F, D)
+
+    def checked_captions(self, text, mask, batch: int, num_images: int):
         """(B, L, C) or (B, 1 + num_images, L, C) captions and (B, L) / (B, G, L) masks (1 keep, 0 pad)
-        -> projected (B, G, L, D), additive bias (B, G, L) or None."""
+        -> captions (B, G, L, C) and the float mask (B, G, L) or None."""
         channels = self.config.caption_channels
         if text is None:
             raise LatteError("the text-to-video model needs encoder_hidden_states (caption features)")
@@ -278,16 +298,14 @@ class AdaLNSingle(Conditioner):
                 or text.shape[-1] != channels:
             raise LatteError(f"encoder_hidden_states must be (B={batch}, L, {channels}) or "
                              f"(B, 1 + num_images={1 + num_images}, L, {channels}), got {tuple(text.shape)}")
-        bias = None
         if mask is not None:
             groups = 1 if mask.ndim == 2 else mask.shape[1]
             if mask.ndim not in (2, 3) or mask.shape[0] != batch or mask.shape[-1] != text.shape[2] \
                     or groups not in (1, text.shape[1]):
                 raise LatteError(f"encoder_attention_mask must be (B, L) or (B, G, L) matching captions "
                                  f"{tuple(text.shape[:3])}, got {tuple(mask.shape)}")
-            mask = mask.reshape(batch, -1, mask.shape[-1]).expand(-1, text.shape[1], -1)  # (B, G, L)
-            bias = (1 - mask.float()) * MASK_BIAS
-        return projection(text), bias
+            mask = mask.reshape(batch, -1, mask.shape[-1]).expand(-1, text.shape[1], -1).float()  # (B, G, L)
+        return text, mask
 
 
 CONDITIONERS: dict[str, type[Conditioner]] = {"adaln": AdaLN, "tokens": Tokens, "adaln-single": AdaLNSingle}

@@ -74,6 +74,7 @@ class ModelConfig:
     class_dropout: float = 0.1  # label dropout for classifier-free guidance
     learn_sigma: bool = True
     caption_channels: int = 0  # text encoder width; > 0 makes a text-to-video model (adaln-single conditioning)
+    pooled_text: bool = False  # text models: the caption's mean feature joins the timestep embedding (SD3's pooled path)
     attention_bias: bool = True  # bias of the q/k/v projections (diffusers' attention_bias for text models)
     norm_eps: float = 1e-6  # LayerNorm eps inside the blocks
     name: str = field(default="", compare=False)
@@ -106,6 +107,7 @@ class ModelConfig:
              "conditioning adaln-single and caption_channels > 0 go together (the text-to-video model), got "
              f"conditioning {self.conditioning!r} with caption_channels {self.caption_channels}"),
             (self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}"),
+            (not self.pooled_text or self.caption_channels > 0, "pooled_text needs a text-to-video model"),
         ]
         for ok, message in checks:
             if not ok:

@@ -196,6 +196,7 @@ def config_to_diffusers(config: ModelConfig) -> dict:
     """The `config.json` of the equivalent diffusers `LatteTransformer3DModel`."""
     layout = [
         (config.is_text, "a text-to-video model (adaln-single conditioning)"),
+        (not config.pooled_text, "no pooled caption path"),
         (config.temporal_pos == "absolute", "absolute temporal positions"),
         (config.variant == 1 and config.patch_embed == "frame", "variant 1 with frame patches"),
         (config.mlp_ratio == 4.0, "mlp_ratio 4"),

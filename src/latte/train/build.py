@@ -37,7 +37,7 @@ def make_model_config(config: Config, sample: torch.Tensor, num_classes: int, ca
                    temporal_pos=m.temporal_pos, mlp_ratio=m.mlp_ratio, learn_sigma=m.learn_sigma,
                    in_channels=sample.shape[0], num_frames=sample.shape[1], input_size=tuple(sample.shape[2:]))
     if caption_channels:  # the text conditioner (adaln-single with cross-attention) comes with the name
-        options["caption_channels"] = caption_channels
+        options.update(caption_channels=caption_channels, pooled_text=m.pooled_text)
     else:
         options.update(conditioning=m.conditioning, class_dropout=m.class_dropout,
                        num_classes=num_classes if m.class_conditional else 0)
