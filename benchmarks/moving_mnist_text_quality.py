@@ -4,7 +4,7 @@
 
 Prompts are every digit with every compass direction of the captioned data ("the digit 7 moves to
 the upper left"): 10 x 8 = 80 prompts, each sampled --per-prompt times. Each sampled clip is read by
-- the small CNN digit classifier of latte.metrics.mnist (trained here on real frames): the clip
+- the small CNN digit classifier of latte.metrics.mnist (trained once on real frames and cached, as the other Moving MNIST benchmarks read): the clip
   shows the asked digit when the majority of its frames are classified as it;
 - centroid tracking: the clip moves the asked way when its brightness centroid's displacement from
   the first to the last frame snaps to the asked compass direction, by the same rule that wrote the
@@ -27,7 +27,8 @@ import torch
 
 from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, caption_of, direction_of
 from latte.inference import load_run
-from latte.metrics.mnist import centroids, train_classifier
+from latte.metrics.evaluate import stats_cache_dir
+from latte.metrics.mnist import cached_classifier, centroids
 from latte.sampling import SampleRequest
 
 
@@ -88,7 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="text-to-video checkpoint or run directory")
     parser.add_argument("--per-prompt", type=int, default=1, help="clips per prompt (80 prompts)")
-    parser.add_argument("--classifier-seconds", type=float, default=60.0)
+    parser.add_argument("--classifier-seconds", type=float, default=60.0,
+                        help="training time of the digit classifier, trained once and cached by its settings")
+    parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
     parser.add_argument("--sampler", default=None, help="default: the run's sample.sampler")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     parser.add_argument("--cfg-scale", type=float, default=None, help="default: the run's sample.cfg_scale")
@@ -108,7 +111,7 @@ def main() -> None:
     asked = [(digit, direction) for digit in range(10) for direction in DIRECTIONS]
     prompts = [caption_of(digit, direction) for digit, direction in asked]
 
-    net, real_frame_accuracy = train_classifier(size, frames, args.classifier_seconds)
+    net, real_frame_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
     real = MovingMNIST(num_frames=frames, resolution=size, split="test", length=400, seed=9,
                        **config.data.mnist_kwargs())
     items = [real[i] for i in range(len(real))]
