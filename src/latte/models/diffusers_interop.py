@@ -273,7 +273,8 @@ def init_from_pixart(model: Latte, folder, variant: str | None = None) -> Transf
     if not model.config.is_text or model.config.variant != 1:
         raise LatteError("PixArt-alpha initialises a variant-1 text-to-video model (adaln-single conditioning)")
     temporal = tuple(f"blocks.{i}." for i, b in enumerate(model.blocks) if b.kind == "temporal")
-    spatial = [k for k in model.state_dict() if not k.startswith(temporal)]
+    # PixArt-alpha has no pooled caption path: pooled_projection (model.pooled_text) keeps its own init
+    spatial = [k for k in model.state_dict() if not k.startswith((*temporal, "pooled_projection."))]
     ours, unused = from_diffusers_state_dict(state, spatial)
     report = copy_matching(model, ours)
     report.unused = unused
