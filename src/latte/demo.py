@@ -143,7 +143,7 @@ class Demo:
         self.count += 1
         stem = self.folder / f"{self.count:05d}_seed{seed}"
         video, = save_videos(stem.with_suffix(".mp4"), videos, fps=self.generator.fps)
-        filmstrip, = save_videos(stem.with_suffix(".png"), videos, given_at=given_at if given is not None else ())
+        filmstrip, = save_videos(stem.with_suffix(".png"), videos, given_at=given_at)
         frames, = save_videos(stem.with_suffix(".npz"), videos)
         self.results.append(Result(video, filmstrip, frames, seed, notes))
         while len(self.results) > self.keep:  # the oldest result's files go

@@ -138,7 +138,7 @@ def run(args) -> int:
     fps = args.fps if args.fps is not None else generator.fps
     if not folder_mode:
         videos, _ = generator.generate(request)
-        for path in save_videos(output, videos, fps=fps, given_at=given_at if given is not None else ()):
+        for path in save_videos(output, videos, fps=fps, given_at=given_at):
             print(path)
         return 0
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
