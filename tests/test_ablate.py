@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -16,7 +17,10 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def results_of(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    """The run records (the first line holds the study's settings)."""
+    lines = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    assert "study" in lines[0] and all("option" in r for r in lines[1:])
+    return lines[1:]
 
 
 def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path, capsys):
@@ -97,14 +101,16 @@ def test_built_in_studies_need_their_inputs(tmp_path, capsys):
     assert "64x2: model.hidden_size=64 model.depth=2 model.num_heads=4" in capsys.readouterr().out
 
 
-def test_reading_calls_options_apart_only_beyond_the_seed_spread():
+def test_reading_calls_options_apart_only_beyond_the_interval_of_their_difference():
     from latte.ablation.report import reading
 
-    summary = {"a": {"metrics": {"fvd": (100.0, 5.0, 2)}}, "b": {"metrics": {"fvd": (120.0, 5.0, 2)}},
+    # a - b: 20 against Welch's 2.920 * sqrt(25) = 14.6; e - a: 12, inside it (apart by the old summed-std rule)
+    summary = {"e": {"metrics": {"fvd": (88.0, 5.0, 2)}}, "a": {"metrics": {"fvd": (100.0, 5.0, 2)}},
+               "b": {"metrics": {"fvd": (120.0, 5.0, 2)}},
                "c": {"metrics": {"fvd": (125.0, 4.0, 2), "digit_accuracy": (0.5, None, 1)}},
                "d": {"metrics": {"digit_accuracy": (0.7, None, 1)}}}
     lines = reading(summary)
-    assert lines[0] == "- FVD (lower is better): a (100.0) > b (120.0) ≈ c (125.0)"
+    assert lines[0] == "- FVD (lower is better): e (88) ≈ a (100.0) > b (120.0) ≈ c (125.0)"
     assert lines[1] == "- digit accuracy (higher is better): d (0.7) ? c (0.5)"
 
 
@@ -149,8 +155,93 @@ def test_report_gives_the_held_out_loss_per_option_with_its_seed_spread(tmp_path
     report = (study / "report.md").read_text()
     assert "| final train loss | held-out loss |" in report
     row = next(line for line in report.splitlines() if line.startswith("| `lr-1e-3` |"))
-    assert row.split(" | ")[-3].count(" ± ") == 1  # mean ± std over the two seeds
+    assert row.split(" | ")[-3].count(" ± ") == 1  # mean ± its 90% interval over the two seeds
     assert "- held-out loss (lower is better): " in report and "comparable only between options of one" in report
+
+    # --report-only: the same report and a figure from results.jsonl alone (as a folder under docs/ holds it)
+    copy = tmp_path / "docs" / "optim.lr"
+    copy.mkdir(parents=True)
+    (copy / "results.jsonl").write_text((study / "results.jsonl").read_text())
+    for run in study.glob("lr-*-seed*"):
+        shutil.rmtree(run)
+    assert main(["ablate", "--report-only", str(copy)]) == 0
+    assert (copy / "report.md").read_text() == report
+    assert (copy / "optim.lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(len(r["curves"]["loss"]) == 2 and len(r["curves"]["heldout_loss"]) == 1 for r in results_of(copy))
+
+
+def test_report_only_refuses_what_it_cannot_draw(tmp_path, capsys):
+    assert main(["ablate", "--report-only", str(tmp_path)]) == 2
+    assert "results.jsonl not found" in capsys.readouterr().err
+    (tmp_path / "results.jsonl").write_text(json.dumps({"option": "a", "status": "done"}) + "\n")
+    assert main(["ablate", "--report-only", str(tmp_path)]) == 2  # a file from before the settings line
+    assert "no study settings on its first line" in capsys.readouterr().err
+    assert main(["ablate", "--report-only", str(tmp_path), "--study", "variant"]) == 2
+    assert "takes no --study or --options" in capsys.readouterr().err
+    settings = {"study": {"name": "s", "options": [{"name": "a", "overrides": []}], "finding": "f",
+                          "claims": [["a", ">", "zz"]]}, "preset": None, "config_file": None, "overrides": [],
+                "seeds": 1, "eval": {"clips": 4, "metrics": ["fvd"], "sampler_steps": None, "batch_size": 2,
+                                     "classifier_seconds": 1.0}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(settings) + "\n")
+    assert main(["ablate", "--report-only", str(tmp_path)]) == 2  # a claim about an option the study lacks
+    assert "does not read as a study's results (claim ['a', '>', 'zz']" in capsys.readouterr().err
+    settings["study"]["claims"] = []
+    (tmp_path / "results.jsonl").write_text(json.dumps(settings) + "\n" + json.dumps({"option": "a", "evals": 3}) + "\n")
+    assert main(["ablate", "--report-only", str(tmp_path)]) == 2
+    assert "a run record without its option or evaluations" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_each_claim_of_the_paper_gets_a_verdict_from_its_interval():
+    from latte.ablation.intervals import t90
+    from latte.ablation.report import findings
+    from latte.ablation.studies import Study
+
+    assert t90(1) == 6.314 and t90(2.9) == 2.920 and abs(t90(120) - 1.658) < 0.002
+    study = Study("s", [], "finding", claims=[("a", ">", "b"), ("b", ">", "a"), ("a", ">", "c"), ("a", "=", "c"),
+                                               ("a", ">", "d")])
+    summary = {"a": {"metrics": {"clip_agreement": (0.60, 0.02, 3)}},  # a - b: Welch df 4, 2.132 * 0.0163
+               "b": {"metrics": {"clip_agreement": (0.40, 0.02, 3)}},
+               "c": {"metrics": {"clip_agreement": (0.58, 0.05, 3)}},
+               "d": {"metrics": {"clip_agreement": (0.30, None, 1)}}}
+    rows = findings(study, summary)
+    assert rows[2] == "| `a` better than `b` | clip agreement | 0.2 ± 0.0348 | reproduced |"
+    assert rows[3] == "| `b` better than `a` | clip agreement | -0.2 ± 0.0348 | contradicted |"
+    assert rows[4].endswith("| undecided at this budget |")
+    assert rows[5].startswith("| `a` about equal to `c` |") and rows[5].endswith("| consistent (no difference found) |")
+    assert rows[6] == "| `a` better than `d` | clip agreement | 0.3 | undecided: one seed |"
+    summary["a"]["metrics"]["heldout_loss"] = (0.010, 0.0001, 3)  # lower is better: a's lower loss reproduces
+    summary["b"]["metrics"]["heldout_loss"] = (0.012, 0.0001, 3)
+    assert "| `a` better than `b` | held-out loss | -0.002 ± 1.741e-04 | reproduced |" in findings(study, summary)
+    # 64 clips per evaluation: a run's binomial error (0.24 / 64) outweighs these seeds' spread, df stays 4
+    summary["a"]["metrics"]["clip_agreement"] = (0.60, 0.02, 3, 0.24 / 64)
+    summary["b"]["metrics"]["clip_agreement"] = (0.40, 0.02, 3, 0.24 / 64)
+    assert findings(study, summary)[2] == "| `a` better than `b` | clip agreement | 0.2 ± 0.185 | reproduced |"
+    summary["b"]["metrics"]["fvd"] = (float("nan"), 1.0, 3)  # a NaN reading decides nothing
+    summary["a"]["metrics"]["fvd"] = (100.0, 1.0, 3)
+    assert any(r.startswith("| `a` better than `b` | FVD |") and r.endswith("| undecided at this budget |")
+               for r in findings(study, summary))
+
+
+def test_the_report_reads_shares_of_clips_with_their_binomial_error():
+    from latte.ablation.evaluation import EvalSettings
+    from latte.ablation.report import summarise
+    from latte.ablation.runner import StudyPlan
+    from latte.ablation.studies import Option, Study, build_study
+    from latte.train.checks import load_config
+
+    study = Study("s", [Option("a", [])], "finding")
+    plan = StudyPlan(study=study, preset=None, config_file=None, overrides=[], output=None, seeds=2,
+                     eval=EvalSettings(clips=50))
+    runs = [{"option": "a", "status": "done", "evals": [{"step": 1, "metrics": {"clip_agreement": v, "fvd": v}}]}
+            for v in (0.4, 0.6)]
+    metrics = summarise(plan, runs)["a"]["metrics"]
+    assert metrics["clip_agreement"][:3] == (0.5, metrics["clip_agreement"][1], 2)
+    assert abs(metrics["clip_agreement"][3] - 0.25 / 50) < 1e-12 and metrics["fvd"][3] is None
+    config = load_config("tiny-test", None, [])
+    for name in ("variant", "patch-embed", "conditioning", "temporal-pos", "joint", "size", "objective"):
+        built = build_study(name, config, sizes="32x2,64x2")  # every claim names the study's own options
+        assert built.claims and all({a, b} <= {o.name for o in built.options} for a, _, b in built.claims)
 
 
 def test_objective_study_trains_and_reads_each_recipe(tmp_path, capsys):

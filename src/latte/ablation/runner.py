@@ -63,7 +63,7 @@ def read_jsonl(path: Path) -> list[dict]:
     records = []
     try:
         lines = path.read_text().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return records
     for line in lines:
         try:

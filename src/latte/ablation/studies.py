@@ -32,6 +32,23 @@ class Study:
     options: list[Option]
     finding: str  # the paper's overall finding, for the report
     notes: list[str] = field(default_factory=list)
+    # the finding as pairs the report can test: (option A, ">" or "=", option B), A better than B or about equal
+    claims: list[tuple[str, str, str]] = field(default_factory=list)
+    no_claims_on: list[str] = field(default_factory=list)  # readings the options do not share a scale of
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Study:
+        """The inverse of dataclasses.asdict (a study as results.jsonl stores it); ValueError when it does not fit."""
+        options = [Option(**o) for o in data["options"]]
+        claims = [tuple(c) for c in data.get("claims", [])]
+        names = {o.name for o in options}
+        for claim in claims:
+            if len(claim) != 3 or claim[1] not in (">", "=") or not {claim[0], claim[2]} <= names:
+                raise ValueError(f"claim {list(claim)} is not (option, '>' or '=', option) of this study")
+        if _folder_name(data["name"]) != data["name"]:
+            raise ValueError(f"study name {data['name']!r} is not a folder name")
+        return cls(data["name"], options, data["finding"], list(data.get("notes", [])), claims,
+                   list(data.get("no_claims_on", [])))
 
 
 def _folder_name(text: str) -> str:
@@ -138,19 +155,22 @@ def build_study(name: str, config: Config, dit: str | None = None, images: int =
         options = [Option(f"v{v}", [f"model.variant={v}"], findings[v]) for v in (1, 2, 3, 4)]
         return Study(name, options, "variant 1 (interleaved spatial/temporal blocks) best, variant 4 worst",
                      notes=["Variants 3 and 4 follow latte.models as it is now; their sizes may change (see "
-                            "docs/ablations.md), so rerun the study after such a change."])
+                            "docs/ablations.md), so rerun the study after such a change."],
+                     claims=[("v1", ">", "v2"), ("v1", ">", "v3"), ("v1", ">", "v4"), ("v2", ">", "v4"),
+                             ("v3", ">", "v4")])
     if name == "patch-embed":
         return Study(name, [Option("frame", ["model.patch_embed=frame"], "better"),
                             Option("tubelet", ["model.patch_embed=tubelet"], "worse")],
-                     "uniform frame patches better than compression-frame (tubelet) patches")
+                     "uniform frame patches better than compression-frame (tubelet) patches",
+                     claims=[("frame", ">", "tubelet")])
     if name == "conditioning":
         return Study(name, [Option("adaln", ["model.conditioning=adaln"], "better"),
                             Option("tokens", ["model.conditioning=tokens"], "worse")],
-                     "S-AdaLN better than timestep/class as extra tokens")
+                     "S-AdaLN better than timestep/class as extra tokens", claims=[("adaln", ">", "tokens")])
     if name == "temporal-pos":
         return Study(name, [Option("absolute", ["model.temporal_pos=absolute"], "about equal"),
                             Option("rope", ["model.temporal_pos=rope"], "about equal")],
-                     "absolute sin-cos and RoPE about equal")
+                     "absolute sin-cos and RoPE about equal", claims=[("absolute", "=", "rope")])
     if name == "init":
         if not dit:
             raise LatteError("the init study compares random init with an ImageNet DiT: give --dit FILE")
@@ -164,12 +184,16 @@ def build_study(name: str, config: Config, dit: str | None = None, images: int =
             raise LatteError(f"--images must be >= 1 for the joint study, got {images}")
         return Study(name, [Option("video-only", ["data.images_per_clip=0"], "worse"),
                             Option(f"joint-{images}", [f"data.images_per_clip={images}"], "clearly better FVD and FID")],
-                     "image-video joint training clearly better")
+                     "image-video joint training clearly better", claims=[(f"joint-{images}", ">", "video-only")])
     if name == "size":
-        return Study(name, size_options(sizes, config), "bigger is better (S < B < L < XL)")
+        options = size_options(sizes, config)
+        return Study(name, options, "bigger is better (S < B < L < XL)",
+                     claims=[(big.name, ">", small.name) for small, big in zip(options, options[1:])])
     if name == "objective":
         return Study(name, objective_options(config),
                      "not in the paper (DDPM only); SiT (arXiv 2401.08740) finds flow training beats DDPM at every size",
                      notes=["The held-out loss is not comparable across objectives (another target and time): "
-                            "read the sample metrics."])
+                            "read the sample metrics."],
+                     claims=[(flow, ">", "ddpm-eps-learned") for flow in ("flow-uniform", "flow-logit-normal")],
+                     no_claims_on=["heldout_loss"])
     raise LatteError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}, or give --options KEY=V1,V2")

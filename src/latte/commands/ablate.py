@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from latte.ablation.evaluation import METRICS, EvalSettings
-from latte.ablation.report import write_outputs
+from latte.ablation.report import redraw, write_outputs
 from latte.ablation.runner import StudyPlan, is_main_process, option_config, run_study
 from latte.ablation.studies import STUDIES, build_study, custom_study
 from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="training time of the Moving MNIST digit classifier (trained once, cached)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="real statistics and classifier cache (default $LATTE_CACHE_DIR/stats or ~/.cache/latte/stats)")
+    parser.add_argument("--report-only", default=None, metavar="DIR",
+                        help="draw DIR/report.md and the figure again from DIR/results.jsonl alone (no training, no "
+                             "checkpoints needed), e.g. a study folder under docs/ablations")
     parser.add_argument("--dry-run", action="store_true",
                         help="check every option's config (as a real study does first), print the options and exit")
     return parser
@@ -89,6 +92,12 @@ def build_plan(args):
 
 
 def run(args) -> int:
+    if args.report_only:
+        if args.study or args.options:
+            raise LatteError("--report-only draws a finished study's folder again: it takes no --study or --options")
+        report, png = redraw(Path(args.report_only))
+        print(f"report: {report}\nfigure: {png}")
+        return 0
     plan = build_plan(args)
     if args.dry_run:
         print(f"study {plan.study.name} -> {plan.output}: {plan.seeds} seed(s) per option")
