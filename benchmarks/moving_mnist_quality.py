@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cfg-scale", type=float, default=None)
+    parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                        help="guidance only at times LO < t/T <= HI (default: the run's)")
     args = parser.parse_args()
     generator = load_run(args.checkpoint)
     model, config = generator.model, generator.config
@@ -40,6 +42,8 @@ def main() -> None:
     net, real_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
     request = generator.request(num_videos=10 * args.per_class, sampler=args.sampler, steps=args.steps,
                                 cfg_scale=args.cfg_scale, seed=EVAL_SEED, batch_size=EvalSettings.batch_size)
+    if args.guidance_interval:
+        request.guidance_interval = tuple(float(v) for v in args.guidance_interval.split(","))
     start = time.perf_counter()
     videos, labels = generator.generate(request, progress=False)
     sample_seconds = time.perf_counter() - start
@@ -47,7 +51,7 @@ def main() -> None:
     real_step, real_jitter = real_motion(frames, size, len(videos), **config.data.mnist_kwargs())
     fake_step, fake_jitter = motion(videos)
     print(f"checkpoint {args.checkpoint}: {len(videos)} clips, {request.sampler} {request.steps} steps, "
-          f"guidance {request.cfg_scale}, sampling {sample_seconds:.1f} s")
+          f"guidance {request.cfg_scale} over {request.guidance_interval or 'all steps'}, sampling {sample_seconds:.1f} s")
     print(f"classifier accuracy on real frames   {real_accuracy:6.1%}")
     print(f"sampled frames classified as asked    {frame_accuracy:6.1%}   (chance 10%)")
     print(f"sampled clips whose majority is asked {clip_agreement:6.1%}")

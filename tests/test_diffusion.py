@@ -138,6 +138,21 @@ def test_samplers_shapes_determinism_and_single_batched_guidance(sampler, option
     assert len(model.calls) == 18  # 6 steps x 3 runs, one forward each
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it():
+    diffusion = GaussianDiffusion(learn_sigma=False)
+    shape, y = (2, 2, 2, 4, 4), torch.tensor([1, 3])
+
+    def draw(scale, interval=None):
+        return sample(Recorder(out_channels=2), shape, diffusion, "ddim", steps=6, cfg_scale=scale, y=y, null_class=5,
+                      generator=torch.Generator().manual_seed(0), progress=False, guidance_interval=interval)
+
+    guided, plain = draw(4.0), draw(1.0)
+    assert torch.allclose(draw(4.0, (-1.0, 1.0)), guided)  # every step inside: plain guidance
+    assert torch.allclose(draw(4.0, (2.0, 3.0)), plain, atol=1e-6)  # no step inside: scale 1 (the conditional)
+    high = draw(4.0, (0.5, 1.0))  # guided at the noisy half only
+    assert not torch.allclose(high, guided) and not torch.allclose(high, plain)
+
+
 def test_dpm_solver_sde_is_dpm_solver_with_the_sde_algorithm():
     diffusion = GaussianDiffusion(learn_sigma=True)
     scheduler = make_scheduler(diffusion, "dpm-solver-sde")

@@ -45,6 +45,7 @@ class SampleRequest:
     given_at: tuple[int, ...] = ()  # the K frame indices they take (negative: from the end)
     overlap: int | None = None  # frames longer than the model's window: window by window, sharing this many
     image_cfg_scale: float = 1.0  # guidance of the given frames (latte.diffusion.samplers.image_guided_output)
+    guidance_interval: tuple[float, float] | None = None  # class/text guidance only where lo < t/T <= hi
 
 
 
@@ -204,7 +205,8 @@ def generate(model: Latte, objective, request: SampleRequest, indices: list[int]
                     noise=x_t, scheduler_options=request.scheduler_options, grid=request.grid,
                     on_step=step_hooks(getattr(model_fn, "at_time", None),  # the PAB cache hears each step's timestep
                                        count_step if on_progress is not None else None),
-                    given=given_frames, given_mask=given_mask, image_cfg_scale=request.image_cfg_scale)
+                    given=given_frames, given_mask=given_mask, image_cfg_scale=request.image_cfg_scale,
+                    guidance_interval=request.guidance_interval)
                 if cache_stats is not None and model_fn is not model:
                     for name in ("calls", "computed"):
                         cache_stats[name] = cache_stats.get(name, 0) + sum(getattr(model_fn, name).values())

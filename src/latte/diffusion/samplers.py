@@ -247,7 +247,8 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
            generator: torch.Generator | None = None, device="cpu", progress: bool = True,
            noise: torch.Tensor | None = None, scheduler_options: dict | None = None,
            grid: str = "logsnr", on_step=None, given: torch.Tensor | None = None,
-           given_mask: torch.Tensor | None = None, image_cfg_scale: float = 1.0) -> torch.Tensor:
+           given_mask: torch.Tensor | None = None, image_cfg_scale: float = 1.0,
+           guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """Draw x0 of `shape` (B, C, F, H, W) from x_T = `noise` (or fresh noise from `generator`). With
     guidance the unconditional half takes `uncond_kwargs` in place of those model kwargs, else y = null_class.
     The model runs in its own dtype; the solver state stays float32. `on_step(timestep)`, when given, hears
@@ -255,7 +256,10 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
     Frame conditioning: the frames `given_mask` (B, F) marks are the clean clips `given` (B, C, F, H, W) at
     every step (the objective's clean time, x_t replaced by them), so the result holds them exactly.
     `image_cfg_scale` != 1 guides the given frames too (image_guided_output): each step also runs the model
-    without them, and the state keeps that branch's own sample at the given frames until the end."""
+    without them, and the state keeps that branch's own sample at the given frames until the end.
+    `guidance_interval` (lo, hi): class or text guidance only at steps whose time is lo < t / T <= hi of
+    the way from clean to noise, scale 1 at the others (Kynkaanniemi et al. 2024, guidance in a limited
+    interval); the batch stays paired, so a PAB cache sees one shape throughout."""
     guided = cfg_scale != 1.0
     if guided and uncond_kwargs is None and (y is None or null_class is None):
         raise LatteError("classifier-free guidance needs class labels and the null class, or unconditional inputs")
@@ -294,13 +298,15 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
         if on_step is not None:
             on_step(float(t))  # the schedule lives on the host: no device read
         t_step = objective.step_time(t, (shape[0], shape[2]), device)  # (B, F)
+        scale = cfg_scale if guidance_interval is None or \
+            guidance_interval[0] < float(t) / objective.num_timesteps <= guidance_interval[1] else 1.0
         if image_guided:  # t_step: the frameless branch generates every frame
             t_given = objective.with_given(t_step, given_mask)
             x_given, x_free = keep_given(x, given, given_mask).to(dtype), x.to(dtype)
             xs = [x_given, x_given, x_free] if guided else [x_given, x_free]
             ts = [t_given, t_given, t_step] if guided else [t_given, t_step]
             out = model_fn(torch.cat(xs), objective.model_time(torch.cat(ts)), **kwargs).float()
-            out = image_guided_output(out.chunk(len(xs)), cfg_scale, image_cfg_scale, channels, given_mask)
+            out = image_guided_output(out.chunk(len(xs)), scale, image_cfg_scale, channels, given_mask)
         else:
             if given is not None:
                 t_step = objective.with_given(t_step, given_mask)
@@ -308,7 +314,7 @@ def sample(model_fn, shape, objective: Objective, sampler: str = "ddpm", steps: 
             x_in = x.to(dtype)
             if guided:
                 out = model_fn(torch.cat([x_in, x_in]), _pair_times(t_batch), **kwargs)
-                out = guided_output(*out.float().chunk(2), cfg_scale, channels)
+                out = guided_output(*out.float().chunk(2), scale, channels)
             else:
                 out = model_fn(x_in, t_batch, **kwargs).float()
         if not objective.sampler_takes_variance(sampler):
