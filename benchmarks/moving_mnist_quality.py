@@ -36,14 +36,22 @@ def main() -> None:
     parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                         help="guidance only at times LO < t/T <= HI (default: the run's)")
     args = parser.parse_args()
+    interval = None
+    if args.guidance_interval:
+        try:
+            low, high = (float(v) for v in args.guidance_interval.split(","))
+        except ValueError:
+            parser.error(f"--guidance-interval takes LO,HI (two numbers), got {args.guidance_interval!r}")
+        if not low < high:
+            parser.error(f"--guidance-interval {args.guidance_interval}: LO must be below HI")
+        interval = (low, high)
     generator = load_run(args.checkpoint)
     model, config = generator.model, generator.config
     frames, size = model.config.num_frames, model.config.latent_hw[0]
     net, real_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
     request = generator.request(num_videos=10 * args.per_class, sampler=args.sampler, steps=args.steps,
                                 cfg_scale=args.cfg_scale, seed=EVAL_SEED, batch_size=EvalSettings.batch_size)
-    if args.guidance_interval:
-        request.guidance_interval = tuple(float(v) for v in args.guidance_interval.split(","))
+    request.guidance_interval = interval
     start = time.perf_counter()
     videos, labels = generator.generate(request, progress=False)
     sample_seconds = time.perf_counter() - start
