@@ -47,7 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="real statistics and classifier cache (default $LATTE_CACHE_DIR/stats or ~/.cache/latte/stats)")
     parser.add_argument("--report-only", default=None, metavar="DIR",
                         help="draw DIR/report.md and the figure again from DIR/results.jsonl alone (no training, no "
-                             "checkpoints needed), e.g. a study folder under docs/ablations")
+                             "checkpoints needed: a study folder may be kept without its runs)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check every option's config (as a real study does first), print the options and exit")
     return parser
