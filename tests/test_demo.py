@@ -77,7 +77,8 @@ def open_page(browser, url):
 
 def messages(browser) -> list[str]:
     """The texts of the page's message toasts."""
-    return [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]") if t.text.strip()]
+    texts = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")]  # read once: a
+    return [text for text in texts if text.strip()]  # toast that fades between two reads gave [''] (a CI-shell flake)
 
 
 def upload(browser, elem_id: str, path: Path) -> None:
