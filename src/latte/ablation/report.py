@@ -286,23 +286,25 @@ def read_results(folder: Path) -> tuple[StudyPlan, list[dict]]:
     return plan, runs
 
 
-def write_outputs(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tuple[Path, Path, Path | None]:
-    """report.md, results.jsonl and (with_figure) <study>.png under plan.output, each written atomically."""
-    plan.output.mkdir(parents=True, exist_ok=True)
-    results = [with_curves(r) for r in results]
+def render(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tuple[Path, Path | None]:
+    """report.md and (with_figure) <study>.png under plan.output from the run records, each written atomically."""
     summary = summarise(plan, results)
     report = plan.output / "report.md"
     atomic_write_text(report, markdown(plan, summary, results))
+    return report, figure(plan, summary, plan.output / f"{plan.study.name}.png") if with_figure else None
+
+
+def write_outputs(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tuple[Path, Path, Path | None]:
+    """results.jsonl (with each run's loss curves), report.md and (with_figure) <study>.png under plan.output."""
+    plan.output.mkdir(parents=True, exist_ok=True)
+    results = [with_curves(r) for r in results]
     records = plan.output / RESULTS_FILE
     atomic_write_text(records, "".join(json.dumps(r) + "\n" for r in [settings_record(plan), *results]))
-    return report, records, figure(plan, summary, plan.output / f"{plan.study.name}.png") if with_figure else None
+    report, png = render(plan, results, with_figure)
+    return report, records, png
 
 
 def redraw(folder: Path) -> tuple[Path, Path]:
     """`latte ablate --report-only`: report.md and the figure again from results.jsonl alone."""
     check_output_folder(Path(folder), "study folder")
-    plan, results = read_results(folder)
-    summary = summarise(plan, results)
-    report = plan.output / "report.md"
-    atomic_write_text(report, markdown(plan, summary, results))
-    return report, figure(plan, summary, plan.output / f"{plan.study.name}.png")
+    return render(*read_results(folder))
