@@ -10,8 +10,8 @@ sees it. Printed figures:
 - real-frame accuracy of the classifier (its own ceiling, on held-out real frames);
 - sample accuracy: fraction of sampled frames classified as the requested digit (chance 10%);
 - clip agreement: fraction of sampled clips whose frames' majority class is the requested one;
-- motion: mean frame-to-frame centroid step in pixels and its jitter (std of the second
-  difference; constant-velocity motion has jitter near 0, bounces aside), real vs sampled.
+- motion: mean frame-to-frame centroid step in pixels and its jitter (the median norm of the
+  centroid's second difference; constant-velocity motion has jitter near 0, bounces aside), real vs sampled.
 """
 from __future__ import annotations
 

@@ -43,6 +43,20 @@ def directions(videos: torch.Tensor) -> list[str]:
 OPPOSITE = {d: DIRECTIONS[(DIRECTIONS.index(d) + 4) % len(DIRECTIONS)] for d in DIRECTIONS}
 
 
+def miss_kinds(read: list[str], asked: list[str]) -> dict[str, int]:
+    """How far each wrong direction is from the asked one: a neighbour (45 degrees), further, or no motion."""
+    kinds = {"45 degrees off": 0, "further off": 0, "still": 0}
+    for got, want in zip(read, asked):
+        if got == want:
+            continue
+        if got == "still":
+            kinds["still"] += 1
+            continue
+        steps = abs(DIRECTIONS.index(got) - DIRECTIONS.index(want)) % len(DIRECTIONS)
+        kinds["45 degrees off" if min(steps, len(DIRECTIONS) - steps) == 1 else "further off"] += 1
+    return kinds
+
+
 @torch.no_grad()
 def caption_use(model, objective, text_encoder, items: list[dict], noise_level: float, seed: int) -> dict[str, float]:
     """x0 mean squared error of clips noised `noise_level` of the way to pure noise (objective.time_at)
@@ -135,7 +149,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     wanted = [asked[i % len(asked)] for i in range(len(videos))]
     digit_ok = (majority_digits(net, videos) == torch.tensor([digit for digit, _ in wanted])).tolist()
-    direction_ok = [got == want for got, (_, want) in zip(directions(videos), wanted)]
+    read = directions(videos)
+    direction_ok = [got == want for got, (_, want) in zip(read, wanted)]
     both_ok = [a and b for a, b in zip(digit_ok, direction_ok)]
     n = len(videos)
 
@@ -146,6 +161,7 @@ def main() -> None:
     print(f"sampled clips showing the asked digit      {sum(digit_ok):4d} / {n}  ({sum(digit_ok) / n:6.1%}, chance 10%)")
     print(f"sampled clips moving the asked direction   {sum(direction_ok):4d} / {n}  "
           f"({sum(direction_ok) / n:6.1%}, chance 12.5%)")
+    print("  misses: " + ", ".join(f"{k} {v}" for k, v in miss_kinds(read, [want for _, want in wanted]).items()))
     print(f"sampled clips right in both                {sum(both_ok):4d} / {n}  ({sum(both_ok) / n:6.1%})")
 
 

@@ -33,6 +33,7 @@ METRICS = {
     "digit_accuracy": ("digit accuracy", True),
     "clip_agreement": ("clip agreement", True),
     "motion_error_px": ("motion error px", False),
+    "jitter_px": ("jitter px", False),  # median centroid acceleration (0 at constant velocity); real clips in the notes
     "final_loss": ("final train loss", False),
     "heldout_loss": ("held-out loss", False),  # train.eval_every: from metrics.jsonl, not from the evaluations
 }
