@@ -152,6 +152,8 @@ def test_report_gives_the_held_out_loss_per_option_with_its_seed_spread(tmp_path
     runs = results_of(study)
     assert all(r["status"] == "done" and r["heldout_loss"] > 0 for r in runs)
     assert runs[0]["heldout_loss"] != runs[1]["heldout_loss"]  # seeds 0 and 1 trained different weights
+    # each record names its run folder inside the study folder, not a path of this machine
+    assert sorted(r["run_dir"] for r in runs) == sorted(p.name for p in study.glob("lr-*-seed*")) and len(runs) == 4
     report = (study / "report.md").read_text()
     assert "| final train loss | held-out loss |" in report
     row = next(line for line in report.splitlines() if line.startswith("| `lr-1e-3` |"))

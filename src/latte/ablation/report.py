@@ -242,9 +242,9 @@ def figure(plan: StudyPlan, summary: dict[str, dict], path: Path) -> Path:
     return draw(path, f"latte ablate --study {plan.study.name}", panels)
 
 
-def with_curves(run: dict) -> dict:
+def with_curves(run: dict, study_folder: Path) -> dict:
     """The run's record with its loss curves from its metrics.jsonl, or as stored when the folder is gone."""
-    records = read_jsonl(Path(run["run_dir"]) / "metrics.jsonl")
+    records = read_jsonl(study_folder / run["run_dir"] / "metrics.jsonl")
     if not records:
         return run
     curves = {}
@@ -298,7 +298,7 @@ def render(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tu
 def write_outputs(plan: StudyPlan, results: list[dict], with_figure: bool = True) -> tuple[Path, Path, Path | None]:
     """results.jsonl (with each run's loss curves), report.md and (with_figure) <study>.png under plan.output."""
     plan.output.mkdir(parents=True, exist_ok=True)
-    results = [with_curves(r) for r in results]
+    results = [with_curves(r, plan.output) for r in results]
     records = plan.output / RESULTS_FILE
     atomic_write_text(records, "".join(json.dumps(r) + "\n" for r in [settings_record(plan), *results]))
     report, png = render(plan, results, with_figure)

@@ -131,7 +131,8 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
     from latte.train.trainer import Trainer, describe
 
     run_dir = plan.run_dir(option, seed_index)
-    record = {"option": option.name, "seed_index": seed_index, "run_dir": str(run_dir), "overrides": option.overrides}
+    # run_dir: the run's folder inside the study folder, so a study folder can be moved (docs/ablations/)
+    record = {"option": option.name, "seed_index": seed_index, "run_dir": run_dir.name, "overrides": option.overrides}
     label = f"[{plan.study.name} {option.name} seed {seed_index}]"
     main = is_main_process()
     try:
@@ -142,7 +143,7 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
         if prior and prior.get("status") == "done" and all(prior.get(k) == record[k] for k in
                                                           ("max_steps", "eval_every", "eval", "overrides")):
             log(f"{label} finished earlier: skipped")
-            return {**prior, "evals": read_evals(run_dir)}
+            return {**prior, "run_dir": record["run_dir"], "evals": read_evals(run_dir)}
         start = time.perf_counter()
         trainer = Trainer(config, log=lambda *_: None)
         if main:
