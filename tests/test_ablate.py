@@ -59,6 +59,34 @@ def test_tiny_study_writes_report_figure_results_then_skips_and_resumes(tmp_path
     assert [e["step"] for e in results_of(study)[0]["evals"]] == [1, 2, 3]
 
 
+def test_a_run_another_study_already_made_is_copied_not_trained(tmp_path, capsys):
+    """Every built-in study's first option is the preset unchanged: with the same seed, steps and readings
+    it is one run, trained once. The copy is a finished run of its own study from then on."""
+    common = [*FAST_EVAL, "--max-steps", "2", "--metrics", "mnist", "--output-dir", str(tmp_path)]
+    assert main(["ablate", "--study", "conditioning", *common]) == 0
+    capsys.readouterr()
+    assert main(["ablate", "--study", "temporal-pos", *common]) == 0
+    out = capsys.readouterr().out
+    assert "[temporal-pos absolute seed 0] the same run as conditioning/adaln-seed0" in out
+    assert out.count("copied, not trained") == 1  # rope is another run
+    original, copy = tmp_path / "conditioning" / "adaln-seed0", tmp_path / "temporal-pos" / "absolute-seed0"
+    source = results_of(tmp_path / "conditioning")[0]
+    runs = {r["option"]: r for r in results_of(tmp_path / "temporal-pos")}
+    assert runs["absolute"]["reused_from"] == "conditioning/adaln-seed0" and runs["absolute"]["status"] == "done"
+    assert runs["absolute"]["evals"] == source["evals"] and runs["absolute"]["heldout_loss"] == source["heldout_loss"]
+    assert "reused_from" not in runs["rope"] and runs["rope"]["evals"] != source["evals"]
+    for checkpoint in (original / "checkpoints").iterdir():  # hard links: no second copy on disk
+        assert (copy / "checkpoints" / checkpoint.name).stat().st_ino == checkpoint.stat().st_ino
+    assert f"output_dir: {copy}" in (copy / "config.yaml").read_text()
+    assert not list(tmp_path.glob("*/.*copying"))
+    assert "`absolute` seed 0 = `conditioning/adaln-seed0`" in (tmp_path / "temporal-pos" / "report.md").read_text()
+    assert main(["ablate", "--study", "temporal-pos", *common]) == 0
+    assert capsys.readouterr().out.count("finished earlier: skipped") == 2
+    # another seed is another run
+    assert main(["ablate", "--study", "temporal-pos", *common, "--seeds", "2"]) == 0
+    assert "copied, not trained" not in capsys.readouterr().out
+
+
 def test_failing_option_is_reported_and_the_others_complete(tmp_path, capsys):
     """A run that fails while running (here: its data folder is empty; a bad config value is refused before
     any run, see the next test) is recorded, and the study goes on."""

@@ -211,6 +211,10 @@ def markdown(plan: StudyPlan, summary: dict[str, dict], results: list[dict]) -> 
     if failed:
         lines += ["", "Failed runs (the other runs went on; run the study again to retry them):"]
         lines += [f"- `{r['option']}` seed {r['seed_index']}: {r['error']}" for r in failed]
+    shared = [r for r in results if r.get("reused_from")]
+    if shared:
+        lines += ["", "Runs shared with another study (the same config, seed, steps and readings; copied, not trained "
+                  "again): " + ", ".join(f"`{r['option']}` seed {r['seed_index']} = `{r['reused_from']}`" for r in shared)]
     lines += ["", "## Reading", ""] + (reading(summary) or ["Fewer than two options have results yet."])
     claims = findings(study, summary)
     if claims:

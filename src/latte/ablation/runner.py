@@ -5,19 +5,24 @@ checkpoints, same resume), with the EMA model scored every --eval-every steps (o
 torchrun). A run's folder D/<study>/<option>-seed<k> holds its checkpoints, metrics.jsonl,
 evals.jsonl and ablate.json (status). Running the study again skips runs whose ablate.json says
 done with the same steps and evaluation settings, resumes the others from their latest
-checkpoint, and retries failed ones. A failing run is recorded with its one-line error and the
-study goes on.
+checkpoint, and retries failed ones. A run whose resolved config, seed, steps and evaluation equal
+those of a finished run of another study in the same output folder (every study's default option,
+for one) is not trained again: that run's folder is copied (checkpoints hard-linked where the disk
+allows) and its record says where it came from. A failing run is recorded with its one-line error
+and the study goes on.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.distributed
+import yaml
 
 from latte.ablation.evaluation import EvalSettings, Evaluator
 from latte.ablation.studies import Option, Study
@@ -118,6 +123,55 @@ def run_measurements(trainer, run_dir: Path) -> dict:
             "heldout_loss": max(held, key=lambda r: r["step"])["heldout_loss"] if held else None}
 
 
+def run_identity(config: dict) -> dict:
+    """What makes two runs the same run: the resolved config without the folder it writes to."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "output_dir"}}
+
+
+def same_run_elsewhere(plan: StudyPlan, config: Config, record: dict) -> Path | None:
+    """A finished run of another study under the same output folder that this run would repeat exactly."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank trains (no rank may decide alone)
+        return None
+    wanted = run_identity(yaml.safe_load(config.to_yaml()))
+    for state in sorted(plan.output.parent.glob(f"*/*/{STATE_FILE}")):
+        other = state.parent
+        prior = read_json(state)
+        if other.parent == plan.output or other.name.startswith(".") or not prior or prior.get("status") != "done":
+            continue
+        if any(prior.get(k) != record[k] for k in ("seed", "max_steps", "eval_every", "eval")):
+            continue
+        try:
+            if run_identity(yaml.safe_load((other / "config.yaml").read_text())) == wanted:
+                return other
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+    return None
+
+
+def copy_run(source: Path, run_dir: Path, config: Config, record: dict) -> dict:
+    """`source`'s folder as this run's (checkpoints hard-linked, or copied across disks), written under a
+    temporary name and renamed, so a crash leaves no half-copied run."""
+    def link_or_copy(src, dst):
+        if str(src).endswith(".pt"):
+            try:
+                return os.link(src, dst)
+            except OSError:
+                pass
+        return shutil.copy2(src, dst)
+
+    staging = run_dir.with_name(f".{run_dir.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, copy_function=link_or_copy, ignore=shutil.ignore_patterns(".latte.lock"))
+    atomic_write_text(staging / "config.yaml", config.to_yaml())
+    prior = read_json(source / STATE_FILE)
+    measured = {k: prior.get(k) for k in ("parameters", "gflops_per_clip", "clips_per_s", "final_loss",
+                                          "heldout_loss", "status", "seconds")}
+    done = {**record, **measured, "reused_from": f"{source.parent.name}/{source.name}"}
+    atomic_write_text(staging / STATE_FILE, json.dumps(done, indent=2) + "\n")
+    os.replace(staging, run_dir)
+    return done
+
+
 def one_line_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
@@ -144,6 +198,11 @@ def run_option(plan: StudyPlan, option: Option, seed_index: int, log=print) -> d
                                                           ("max_steps", "eval_every", "eval", "overrides")):
             log(f"{label} finished earlier: skipped")
             return {**prior, "run_dir": record["run_dir"], "evals": read_evals(run_dir)}
+        source = None if run_dir.exists() else same_run_elsewhere(plan, config, record)
+        if source is not None:
+            done = copy_run(source, run_dir, config, record)
+            log(f"{label} the same run as {done['reused_from']} (same config, seed, steps and readings): copied, not trained")
+            return {**done, "evals": read_evals(run_dir)}
         start = time.perf_counter()
         trainer = Trainer(config, log=lambda *_: None)
         if main:

@@ -21,7 +21,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "EMA weights along the way (FVD and frame FID against cached real statistics; on Moving MNIST "
                     "also digit-classifier and motion readings), and write D/<study>/report.md, results.jsonl and "
                     "D/<study>/<study>.png. Running the same command again skips finished runs and resumes the "
-                    "others. Works the same under `torchrun --nproc_per_node N` (evaluation on rank 0).",
+                    "others; a run another study under D already made (same config, seed, steps and readings) "
+                    "is copied, not trained again. Works the same under `torchrun --nproc_per_node N` (evaluation on rank 0).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--study", default=None, metavar="NAME",
                         help=f"one of {', '.join(STUDIES)}; with --options, the study's folder name")
