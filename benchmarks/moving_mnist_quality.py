@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=None)
     parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                         help="guidance only at times LO < t/T <= HI (default: the run's)")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED,
+                        help="noise of the sampled clips (default: the evaluation seed every reading uses; "
+                             "another seed shows how much a reading moves with the draw)")
     args = parser.parse_args()
     interval = None
     if args.guidance_interval:
@@ -50,7 +53,7 @@ def main() -> None:
     frames, size = model.config.num_frames, model.config.latent_hw[0]
     net, real_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
     request = generator.request(num_videos=10 * args.per_class, sampler=args.sampler, steps=args.steps,
-                                cfg_scale=args.cfg_scale, seed=EVAL_SEED, batch_size=EvalSettings.batch_size)
+                                cfg_scale=args.cfg_scale, seed=args.seed, batch_size=EvalSettings.batch_size)
     request.guidance_interval = interval
     start = time.perf_counter()
     videos, labels = generator.generate(request, progress=False)
@@ -59,7 +62,7 @@ def main() -> None:
     real_step, real_jitter = real_motion(frames, size, len(videos), **config.data.mnist_kwargs())
     fake_step, fake_jitter = motion(videos)
     print(f"checkpoint {args.checkpoint}: {len(videos)} clips, {request.sampler} {request.steps} steps, "
-          f"guidance {request.cfg_scale} over {request.guidance_interval or 'all steps'}, sampling {sample_seconds:.1f} s")
+          f"guidance {request.cfg_scale} over {request.guidance_interval or 'all steps'}, seed {args.seed}, sampling {sample_seconds:.1f} s")
     print(f"classifier accuracy on real frames   {real_accuracy:6.1%}")
     print(f"sampled frames classified as asked    {frame_accuracy:6.1%}   (chance 10%)")
     print(f"sampled clips whose majority is asked {clip_agreement:6.1%}")
