@@ -138,7 +138,7 @@ def same_run_elsewhere(plan: StudyPlan, config: Config, record: dict) -> Path | 
         prior = read_json(state)
         if other.parent == plan.output or other.name.startswith(".") or not prior or prior.get("status") != "done":
             continue
-        if any(prior.get(k) != record[k] for k in ("seed", "max_steps", "eval_every", "eval")):
+        if prior.get("eval") != record["eval"]:  # seed, steps and evaluation interval are in the config
             continue
         try:
             if run_identity(yaml.safe_load((other / "config.yaml").read_text())) == wanted:
