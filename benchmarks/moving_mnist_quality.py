@@ -3,13 +3,14 @@
     python benchmarks/moving_mnist_quality.py --checkpoint runs/moving-mnist [--per-class 10] [--cfg-scale G]
 
 The readings of `latte ablate` and benchmarks/time_to_quality.py (latte.metrics.mnist), on 10 clips per
-digit (100) sampled with the run's sampler, steps and guidance from the evaluation seed: a small CNN
-digit classifier, trained once on frames of real Moving MNIST clips (train digit pool; its accuracy is
-measured on the disjoint test pool) and cached (--cache-dir), reads every frame. Nothing in training
-sees it. Printed figures:
-- real-frame accuracy of the classifier (its own ceiling, on held-out real frames);
+digit (100) sampled with the run's sampler, steps and guidance from the evaluation seed: the digit reader
+(three small CNNs trained for a fixed number of steps on frames of real Moving MNIST clips, train digit
+pool, their class probabilities averaged; its accuracy is measured on the disjoint test pool; cached in
+--cache-dir) reads every frame. Nothing in training sees it. Printed figures:
+- real-frame accuracy of the reader (its own ceiling, on held-out real frames);
 - sample accuracy: fraction of sampled frames classified as the requested digit (chance 10%);
-- clip agreement: fraction of sampled clips whose frames' majority class is the requested one;
+- clip agreement: fraction of sampled clips whose frames' majority class is the requested one, and
+  what each of the three readers alone reads (their spread: docs/digit-reader.md);
 - motion: mean frame-to-frame centroid step in pixels and its jitter (the median norm of the
   centroid's second difference; constant-velocity motion has jitter near 0, bounces aside), real vs sampled.
 """
@@ -21,14 +22,15 @@ import time
 from latte.ablation.evaluation import EVAL_SEED, EvalSettings
 from latte.inference import load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import cached_classifier, digit_readings, motion, real_motion
+from latte.metrics.mnist import READER_STEPS, cached_classifier, digit_readings, motion, real_motion
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--per-class", type=int, default=10, help="sampled clips per digit class")
-    parser.add_argument("--classifier-seconds", type=float, default=60.0, help="its training time (part of its cache key)")
+    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
+                        help="training steps of each digit reader (part of its cache key)")
     parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's statistics cache)")
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
@@ -51,7 +53,7 @@ def main() -> None:
     generator = load_run(args.checkpoint)
     model, config = generator.model, generator.config
     frames, size = model.config.num_frames, model.config.latent_hw[0]
-    net, real_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
+    net, real_accuracy = cached_classifier(size, frames, args.classifier_steps, stats_cache_dir(args.cache_dir))
     request = generator.request(num_videos=10 * args.per_class, sampler=args.sampler, steps=args.steps,
                                 cfg_scale=args.cfg_scale, seed=args.seed, batch_size=EvalSettings.batch_size)
     request.guidance_interval = interval
@@ -66,6 +68,9 @@ def main() -> None:
     print(f"classifier accuracy on real frames   {real_accuracy:6.1%}")
     print(f"sampled frames classified as asked    {frame_accuracy:6.1%}   (chance 10%)")
     print(f"sampled clips whose majority is asked {clip_agreement:6.1%}")
+    alone = [digit_readings(member, videos, labels)[1] for member in getattr(net, "members", [])]
+    if len(alone) > 1:  # how much one reader alone would move the reading
+        print(f"  clips, each reader alone            {', '.join(f'{a:.0%}' for a in alone)}")
     print(f"centroid step px / jitter px          real {real_step:.2f} / {real_jitter:.2f}   "
           f"sampled {fake_step:.2f} / {fake_jitter:.2f}")
 

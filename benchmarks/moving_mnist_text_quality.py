@@ -28,7 +28,7 @@ import torch
 from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, caption_of, direction_of
 from latte.inference import load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import cached_classifier, centroids
+from latte.metrics.mnist import READER_STEPS, cached_classifier, centroids
 from latte.sampling import SampleRequest
 
 
@@ -103,8 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="text-to-video checkpoint or run directory")
     parser.add_argument("--per-prompt", type=int, default=1, help="clips per prompt (80 prompts)")
-    parser.add_argument("--classifier-seconds", type=float, default=60.0,
-                        help="training time of the digit classifier, trained once and cached by its settings")
+    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
+                        help="training steps of each digit reader, trained once and cached by its settings")
     parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
     parser.add_argument("--sampler", default=None, help="default: the run's sample.sampler")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
@@ -125,7 +125,7 @@ def main() -> None:
     asked = [(digit, direction) for digit in range(10) for direction in DIRECTIONS]
     prompts = [caption_of(digit, direction) for digit, direction in asked]
 
-    net, real_frame_accuracy = cached_classifier(size, frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
+    net, real_frame_accuracy = cached_classifier(size, frames, args.classifier_steps, stats_cache_dir(args.cache_dir))
     real = MovingMNIST(num_frames=frames, resolution=size, split="test", length=400, seed=9,
                        **config.data.mnist_kwargs())
     items = [real[i] for i in range(len(real))]

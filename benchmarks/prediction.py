@@ -60,7 +60,7 @@ from latte.errors import LatteError
 from latte.frame_conditioning import default_overlap, pixel_frames, plan_windows
 from latte.inference import VideoGenerator, load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
+from latte.metrics.mnist import READER_STEPS, cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
 from latte.train.heldout import SEED
 from latte.video_io import save_videos
 
@@ -371,8 +371,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="clip i's videos use seed --seed + i (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--classifier-seconds", type=float, default=60.0,
-                        help="training time of the digit classifier, cached by its settings (default: %(default)s)")
+    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
+                        help="training steps of each digit reader, cached by its settings (default: %(default)s)")
     parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
     parser.add_argument("--force", action="store_true", help="measure a checkpoint trained without frame masks")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write settings and rows here")
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
         check_prediction(generator, clips[0], given, args.samples, options, args.force)  # before the classifier
     net, accuracy = None, None
     if not standard and config.data.is_moving_mnist and config.data.mnist_digits == 1:  # the classifier reads one digit
-        net, accuracy = cached_classifier(size, c.num_frames, args.classifier_seconds, stats_cache_dir(args.cache_dir))
+        net, accuracy = cached_classifier(size, c.num_frames, args.classifier_steps, stats_cache_dir(args.cache_dir))
         settings["classifier_real_accuracy"] = accuracy
     started = time.perf_counter()
     if args.long:

@@ -383,9 +383,9 @@ def report(args, base: SampleRequest, specs: list[str], store: ChunkStore, chunk
     reference = torch.from_numpy(stored[args.reference]["videos"])
     classifier = None
     if args.digits:
-        from moving_mnist_quality import train_classifier
+        from latte.metrics.mnist import train_readers
 
-        classifier, ceiling = train_classifier(reference.shape[-1], reference.shape[2], 60.0)
+        classifier, ceiling = train_readers(reference.shape[-1], reference.shape[2])
         print(f"digit classifier: {ceiling:.1%} on held-out real frames")
     labels = torch.tensor([i % max(num_classes, 1) for i in range(count)])
 

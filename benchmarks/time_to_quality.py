@@ -45,7 +45,7 @@ from latte.data.moving_mnist import DIRECTIONS, caption_of
 from latte.errors import LatteError
 from latte.inference import VideoGenerator
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import cached_classifier
+from latte.metrics.mnist import READER_STEPS, cached_classifier
 from latte.train.checks import held_out_refusal, load_config, validate
 
 BUILT_IN = ("preset", "flow-uniform", "flow-logit-normal")
@@ -120,17 +120,17 @@ def settings_signature(args, recipe: Recipe) -> dict:
     """What makes a finished recipe's marks valid for this command (stored in marks.json)."""
     return {"preset": args.preset, "set": list(args.set), "base": recipe.base, "overrides": recipe.overrides,
             "minutes": args.minutes, "marks": args.marks, "per_class": args.per_class,
-            "per_prompt": args.per_prompt, "frechet": args.frechet, "classifier_seconds": args.classifier_seconds}
+            "per_prompt": args.per_prompt, "frechet": args.frechet, "classifier_steps": args.classifier_steps}
 
 
 class TextReader:
     """digit / direction / both readings of a text run's EMA model on the text benchmark's 80 prompts."""
 
-    def __init__(self, config: Config, per_prompt: int, classifier_seconds: float, cache_dir: str | None):
+    def __init__(self, config: Config, per_prompt: int, classifier_steps: int, cache_dir: str | None):
         self.asked = [(digit, direction) for digit in range(10) for direction in DIRECTIONS]
         self.per_prompt = per_prompt
         self.net, self.real_accuracy = cached_classifier(config.data.resolution, config.data.num_frames,
-                                                         classifier_seconds, stats_cache_dir(cache_dir))
+                                                         classifier_steps, stats_cache_dir(cache_dir))
 
     def __call__(self, trainer) -> dict:
         generator = VideoGenerator(model=trainer.ema, diffusion=trainer.diffusion, config=trainer.config,
@@ -194,11 +194,11 @@ def run_recipe(args, recipe: Recipe, log=print) -> dict:
     reader_start = time.perf_counter()  # a text run trains or loads the classifier here: not on the clock
     if trainer.text_encoder is not None:
         clips = len(DIRECTIONS) * 10 * args.per_prompt
-        reader = TextReader(config, args.per_prompt, args.classifier_seconds, args.cache_dir)
+        reader = TextReader(config, args.per_prompt, args.classifier_steps, args.cache_dir)
     else:
         clips = 10 * args.per_class
         metrics = ("mnist", "fvd", "fid") if args.frechet else ("mnist",)
-        reader = Evaluator(trainer, EvalSettings(clips=clips, metrics=metrics, classifier_seconds=args.classifier_seconds,
+        reader = Evaluator(trainer, EvalSettings(clips=clips, metrics=metrics, classifier_steps=args.classifier_steps,
                                                  batch_size=min(clips, 20), cache_dir=args.cache_dir))
 
     def save() -> None:
@@ -334,7 +334,7 @@ def main() -> int:
     # the measurement's fixed settings: smaller values for the tests only
     parser.add_argument("--per-class", type=int, default=10, help=argparse.SUPPRESS)
     parser.add_argument("--per-prompt", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--classifier-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     output = Path(args.output)
     if not args.plot_only:

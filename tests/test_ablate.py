@@ -8,7 +8,7 @@ import pytest
 
 from latte.cli import main
 
-FAST_EVAL = ["--preset", "tiny-test", "--eval-clips", "2", "--eval-steps", "2", "--classifier-seconds", "0.5"]
+FAST_EVAL = ["--preset", "tiny-test", "--eval-clips", "2", "--eval-steps", "2", "--classifier-steps", "2"]
 
 
 @pytest.fixture(autouse=True)

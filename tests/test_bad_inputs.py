@@ -169,8 +169,8 @@ def rows(ws: Path) -> list[tuple[list[str], str]]:
         # ablate: the study folder first
         ([*ablate, "--output-dir", str(ws / "afile")], "afile is a file, not a folder"),
         ([*ablate, "--output-dir", str(base / "checkpoints")], "in the checkpoints of run"),
-        ([*ablate, "--classifier-seconds", "inf"], "--classifier-seconds must be a finite number"),
-        ([*ablate, "--classifier-seconds", "0"], "--classifier-seconds must be > 0"),
+        ([*ablate, "--classifier-steps", "1.5"], "argument --classifier-steps: invalid int value"),
+        ([*ablate, "--classifier-steps", "0"], "--classifier-steps must be >= 1"),
         ([*ablate, "--metrics", "fvd,nope"], "--metrics"),
         # info and data
         (["info", "--model", "Latte-Q/2"], "argument --model: invalid choice"),

@@ -124,7 +124,7 @@ def test_time_to_quality_reads_each_recipe_at_its_marks_draws_the_figure_and_res
     out, figure = tmp_path / "out", tmp_path / "ttq.png"
     args = ("--preset", "tiny-test", "--set", "train.device=cpu", "--set", "data.num_workers=0",
             "--recipe", "preset", "--recipe", "flow-uniform", "--minutes", "0.05", "--marks", "2", "--per-class", "1",
-            "--classifier-seconds", "1", "--cache-dir", str(tmp_path / "cache"), "--output", str(out),
+            "--classifier-steps", "2", "--cache-dir", str(tmp_path / "cache"), "--output", str(out),
             "--figure", str(figure))
     first = run("time_to_quality.py", *args)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

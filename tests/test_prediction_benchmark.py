@@ -136,7 +136,7 @@ def test_long_videos_are_read_at_the_joins_plan_windows_makes(run):
 
 def test_the_script_prints_its_table_and_writes_json(run, tmp_path, capsys):
     out = tmp_path / "rows.json"
-    common = ["--checkpoint", str(run), "--steps", "2", "--device", "cpu", "--classifier-seconds", "0.5",
+    common = ["--checkpoint", str(run), "--steps", "2", "--device", "cpu", "--classifier-steps", "2",
               "--cache-dir", str(tmp_path / "cache")]
     strip = tmp_path / "prediction.png"
     assert bench.main([*common, "--clips", "1", "--samples", "2", "--json", str(out), "--filmstrip", str(strip)]) == 0

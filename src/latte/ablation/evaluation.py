@@ -22,7 +22,7 @@ from latte.errors import LatteError
 from latte.inference import VideoGenerator
 from latte.metrics.clips import ClipProtocol, ClipSet, tree_fingerprint
 from latte.metrics.evaluate import EvalOptions, build_detectors, exact_float32, real_statistics, stats_cache_dir
-from latte.metrics.mnist import cached_classifier, digit_readings, motion, real_motion
+from latte.metrics.mnist import READER_STEPS, cached_classifier, digit_readings, motion, real_motion
 from latte.metrics.stats import RunningStats, frechet_distance
 from latte.metrics.videos import to_uint8
 
@@ -39,7 +39,7 @@ class EvalSettings:
     metrics: tuple[str, ...] = METRICS
     sampler_steps: int | None = None  # None: the config's sample.steps
     batch_size: int = 16
-    classifier_seconds: float = 60.0
+    classifier_steps: int = READER_STEPS
     cache_dir: str | None = None
 
     def signature(self) -> dict:
@@ -144,7 +144,7 @@ class Evaluator:
         if self._classifier is None:
             cache = stats_cache_dir(self.settings.cache_dir)
             self._classifier = cached_classifier(config.data.resolution, self.frames,
-                                                 self.settings.classifier_seconds, cache)
+                                                 self.settings.classifier_steps, cache)
             self._real_motion = real_motion(self.frames, config.data.resolution, max(len(videos), 2),
                                             **config.data.mnist_kwargs())
         net, real_accuracy = self._classifier

@@ -275,7 +275,9 @@ def read_results(folder: Path) -> tuple[StudyPlan, list[dict]]:
                          f"study's command again to rewrite it")
     first, runs = records[0], records[1:]
     try:
-        settings = first["eval"]
+        # studies read before 2026-12-07 name a reader trained for a time (classifier_seconds): the report
+        # needs the clip count only, so they still draw
+        settings = {k: v for k, v in first["eval"].items() if k != "classifier_seconds"}
         plan = StudyPlan(study=Study.from_dict(first["study"]), preset=first["preset"],
                          config_file=first["config_file"], overrides=list(first["overrides"]), output=Path(folder),
                          seeds=int(first["seeds"]), eval=EvalSettings(**{**settings, "metrics": tuple(settings["metrics"])}))

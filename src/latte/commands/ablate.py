@@ -11,6 +11,7 @@ from latte.ablation.studies import STUDIES, build_study, custom_study
 from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
 from latte.errors import LatteError
 from latte.files import check_output_folder
+from latte.metrics.mnist import READER_STEPS
 from latte.train.checks import load_config
 
 
@@ -42,8 +43,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default=None, metavar="LIST",
                         help="--study size: named sizes (S,B,L,XL) or WIDTHxDEPTH pairs such as 64x4,128x4 (default S,B,L,XL)")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="clips per sampling / detector batch")
-    parser.add_argument("--classifier-seconds", type=float, default=60.0,
-                        help="training time of the Moving MNIST digit classifier (trained once, cached)")
+    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
+                        help="training steps of each Moving MNIST digit reader (trained once, cached)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="real statistics and classifier cache (default $LATTE_CACHE_DIR/stats or ~/.cache/latte/stats)")
     parser.add_argument("--report-only", default=None, metavar="DIR",
@@ -62,11 +63,10 @@ def build_plan(args):
         raise LatteError(f"give --study ({', '.join(STUDIES)}) or --options SECTION.KEY=V1,V2")
     for name, value, low in (("--seeds", args.seeds, 1), ("--eval-clips", args.eval_clips, 1),
                              ("--eval-batch-size", args.eval_batch_size, 1), ("--max-steps", args.max_steps, 1),
-                             ("--eval-every", args.eval_every, 1), ("--eval-steps", args.eval_steps, 1)):
+                             ("--eval-every", args.eval_every, 1), ("--eval-steps", args.eval_steps, 1),
+                             ("--classifier-steps", args.classifier_steps, 1)):
         if value is not None and value < low:
             raise LatteError(f"{name} must be >= {low}, got {value}")
-    if args.classifier_seconds <= 0:
-        raise LatteError(f"--classifier-seconds must be > 0, got {args.classifier_seconds}")
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
@@ -78,7 +78,7 @@ def build_plan(args):
     else:
         study = build_study(args.study, base, dit=args.dit, images=args.images, sizes=args.sizes)
     settings = EvalSettings(clips=args.eval_clips, metrics=metrics, sampler_steps=args.eval_steps,
-                            batch_size=args.eval_batch_size, classifier_seconds=args.classifier_seconds,
+                            batch_size=args.eval_batch_size, classifier_steps=args.classifier_steps,
                             cache_dir=args.cache_dir)
     plan = StudyPlan(study=study, preset=preset, config_file=args.config, overrides=list(args.overrides),
                      output=Path(args.output_dir) / study.name, seeds=args.seeds, max_steps=args.max_steps,

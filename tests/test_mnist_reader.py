@@ -1,0 +1,49 @@
+"""The Moving MNIST digit reader: trained for a fixed number of steps (the same reader on every
+machine), several readers averaged, cached by their settings."""
+import torch
+
+from latte.metrics import mnist
+from latte.metrics.mnist import Readers, cached_classifier, digit_readings, train_classifier
+
+
+def test_a_reader_is_the_same_however_fast_the_machine():
+    first, accuracy = train_classifier(32, 2, steps=3, seed=0)
+    again, accuracy_again = train_classifier(32, 2, steps=3, seed=0)
+    other, _ = train_classifier(32, 2, steps=3, seed=1)
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert accuracy == accuracy_again
+    assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
+
+
+def test_readers_average_their_members_probabilities():
+    torch.manual_seed(0)
+    members = [mnist.classifier().eval() for _ in range(3)]
+    frames = torch.randn(5, 1, 32, 32)
+    joint = Readers(members).eval()(frames)  # (5, 10)
+    with torch.no_grad():
+        expected = sum(m(frames).softmax(-1) for m in members) / 3
+    assert torch.allclose(joint, expected, atol=1e-6)
+    assert torch.allclose(joint.sum(-1), torch.ones(5), atol=1e-5)
+    videos = torch.randn(4, 1, 2, 32, 32)
+    labels = torch.arange(4)
+    frame_accuracy, clip_agreement = digit_readings(Readers(members).eval(), videos, labels)
+    assert 0.0 <= frame_accuracy <= 1.0 and 0.0 <= clip_agreement <= 1.0
+
+
+def test_the_cached_readers_are_keyed_by_their_steps(tmp_path, monkeypatch):
+    calls = []
+    real = mnist.train_readers
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mnist, "train_readers", counting)
+    net, accuracy = cached_classifier(32, 2, 2, tmp_path, seeds=(0, 1))
+    again, accuracy_again = cached_classifier(32, 2, 2, tmp_path, seeds=(0, 1))
+    assert len(calls) == 1 and accuracy == accuracy_again and len(again.members) == 2
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    cached_classifier(32, 2, 3, tmp_path, seeds=(0, 1))  # other steps: another reader
+    assert len(calls) == 2 and len(list(tmp_path.glob("mnist-classifier-*.pt"))) == 2
