@@ -1,4 +1,4 @@
-"""Moving MNIST readings of generated clips: a small digit classifier and centroid motion.
+"""Moving MNIST readings of generated clips: a digit reader (small CNNs) and centroid motion.
 
 Used by benchmarks/moving_mnist_quality.py and by `latte ablate`:
 - the reader (three small CNNs, their class probabilities averaged) is trained for a fixed number of
@@ -27,7 +27,7 @@ from latte.data.moving_mnist import MovingMNIST
 CLASSIFIER_FORMAT = 2  # bump when the network or its training changes, so cached classifiers are retrained
 # The digit reader is trained for a fixed number of steps, never for a time: a reader trained for 60
 # seconds (before 2026-12-07) was a weaker one on a slower machine, and readers at other points of
-# training read the same 100 generated clips 10 points apart. A few readers trained to the end of a
+# training read the same 100 generated clips up to 20 points apart. A few readers trained to the end of a
 # cosine schedule, their probabilities averaged, give the same reading on every machine.
 READER_STEPS = 800
 READER_SEEDS = (0, 1, 2)
