@@ -41,6 +41,8 @@ def main() -> None:
                         help="noise of the sampled clips (default: the evaluation seed every reading uses; "
                              "another seed shows how much a reading moves with the draw)")
     args = parser.parse_args()
+    if args.classifier_steps < 1:
+        parser.error(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
     interval = None
     if args.guidance_interval:
         try:
@@ -68,7 +70,7 @@ def main() -> None:
     print(f"classifier accuracy on real frames   {real_accuracy:6.1%}")
     print(f"sampled frames classified as asked    {frame_accuracy:6.1%}   (chance 10%)")
     print(f"sampled clips whose majority is asked {clip_agreement:6.1%}")
-    alone = [digit_readings(member, videos, labels)[1] for member in getattr(net, "members", [])]
+    alone = [digit_readings(member, videos, labels)[1] for member in net.members]
     if len(alone) > 1:  # how much one reader alone would move the reading
         print(f"  clips, each reader alone            {', '.join(f'{a:.0%}' for a in alone)}")
     print(f"centroid step px / jitter px          real {real_step:.2f} / {real_jitter:.2f}   "

@@ -115,6 +115,8 @@ def main() -> None:
                         help="noise level of the caption-use probe, 0 clean to 1 pure noise")
     parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA weights")
     args = parser.parse_args()
+    if args.classifier_steps < 1:
+        parser.error(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
 
     generator = load_run(args.checkpoint, use_ema=not args.no_ema)
     model, diffusion, config = generator.model, generator.diffusion, generator.config

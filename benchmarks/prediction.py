@@ -381,7 +381,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "first sample, the given frames marked")
     parser.add_argument("--filmstrip-clips", type=int, default=3, help="clips in --filmstrip (default: %(default)s)")
     args = parser.parse_args(argv)
-    for name in ("clips", "samples", "per_class", "given", "frames", "long", "filmstrip_clips"):  # 0 is not "the default"
+    for name in ("clips", "samples", "per_class", "given", "frames", "long", "filmstrip_clips",
+                 "classifier_steps"):  # 0 is not "the default"
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args

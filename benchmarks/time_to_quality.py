@@ -338,8 +338,8 @@ def main() -> int:
     args = parser.parse_args()
     output = Path(args.output)
     if not args.plot_only:
-        if args.minutes <= 0 or args.marks < 1:
-            parser.error("--minutes must be > 0 and --marks >= 1")
+        if args.minutes <= 0 or args.marks < 1 or args.classifier_steps < 1:
+            parser.error("--minutes must be > 0, --marks and --classifier-steps >= 1")
         try:
             recipes = [parse_recipe(spec) for spec in (args.recipe or BUILT_IN)]
         except LatteError as exc:

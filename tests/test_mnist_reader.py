@@ -1,5 +1,10 @@
 """The Moving MNIST digit reader: trained for a fixed number of steps (the same reader on every
 machine), several readers averaged, cached by their settings."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from latte.metrics import mnist
@@ -7,9 +12,10 @@ from latte.metrics.mnist import Readers, cached_classifier, digit_readings, trai
 
 
 def test_a_reader_is_the_same_however_fast_the_machine():
-    first, accuracy = train_classifier(32, 2, steps=3, seed=0)
-    again, accuracy_again = train_classifier(32, 2, steps=3, seed=0)
-    other, _ = train_classifier(32, 2, steps=3, seed=1)
+    data = mnist._reader_data(32, 2)  # built once for the three readers
+    first, accuracy = train_classifier(32, 2, steps=3, seed=0, data=data)
+    again, accuracy_again = train_classifier(32, 2, steps=3, seed=0, data=data)
+    other, _ = train_classifier(32, 2, steps=3, seed=1, data=data)
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     assert accuracy == accuracy_again
@@ -47,3 +53,12 @@ def test_the_cached_readers_are_keyed_by_their_steps(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     cached_classifier(32, 2, 3, tmp_path, seeds=(0, 1))  # other steps: another reader
     assert len(calls) == 2 and len(list(tmp_path.glob("mnist-classifier-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("script", ["moving_mnist_quality.py", "moving_mnist_text_quality.py", "prediction.py"])
+def test_the_benchmarks_refuse_a_reader_of_no_steps_in_one_line(tmp_path, script):
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    proc = subprocess.run([sys.executable, str(bench), "--checkpoint", str(tmp_path / "none"), "--classifier-steps",
+                           "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--classifier-steps must be >= 1" in proc.stderr, proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr
