@@ -20,18 +20,17 @@ import argparse
 import time
 
 from latte.ablation.evaluation import EVAL_SEED, EvalSettings
+from latte.cli_arguments import add_reader_arguments
 from latte.inference import load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import READER_STEPS, cached_classifier, digit_readings, motion, real_motion
+from latte.metrics.mnist import cached_classifier, digit_readings, motion, real_motion
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--per-class", type=int, default=10, help="sampled clips per digit class")
-    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
-                        help="training steps of each digit reader (part of its cache key)")
-    parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's statistics cache)")
+    add_reader_arguments(parser)
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cfg-scale", type=float, default=None)
@@ -41,8 +40,6 @@ def main() -> None:
                         help="noise of the sampled clips (default: the evaluation seed every reading uses; "
                              "another seed shows how much a reading moves with the draw)")
     args = parser.parse_args()
-    if args.classifier_steps < 1:
-        parser.error(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
     interval = None
     if args.guidance_interval:
         try:

@@ -25,10 +25,11 @@ import time
 
 import torch
 
+from latte.cli_arguments import add_reader_arguments
 from latte.data.moving_mnist import DIRECTIONS, MovingMNIST, caption_of, direction_of
 from latte.inference import load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import READER_STEPS, cached_classifier, centroids
+from latte.metrics.mnist import cached_classifier, centroids
 from latte.sampling import SampleRequest
 
 
@@ -103,9 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="text-to-video checkpoint or run directory")
     parser.add_argument("--per-prompt", type=int, default=1, help="clips per prompt (80 prompts)")
-    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
-                        help="training steps of each digit reader, trained once and cached by its settings")
-    parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
+    add_reader_arguments(parser)
     parser.add_argument("--sampler", default=None, help="default: the run's sample.sampler")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     parser.add_argument("--cfg-scale", type=float, default=None, help="default: the run's sample.cfg_scale")
@@ -115,8 +114,6 @@ def main() -> None:
                         help="noise level of the caption-use probe, 0 clean to 1 pure noise")
     parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA weights")
     args = parser.parse_args()
-    if args.classifier_steps < 1:
-        parser.error(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
 
     generator = load_run(args.checkpoint, use_ema=not args.no_ema)
     model, diffusion, config = generator.model, generator.diffusion, generator.config

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from latte.cli_arguments import add_reader_arguments
 from latte.data import build_dataset
 from latte.data.moving_mnist import DIRECTIONS, caption_of
 from latte.devices import PRECISIONS, default_precision, pick_device
@@ -60,7 +61,7 @@ from latte.errors import LatteError
 from latte.frame_conditioning import default_overlap, pixel_frames, plan_windows
 from latte.inference import VideoGenerator, load_run
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import READER_STEPS, cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
+from latte.metrics.mnist import cached_classifier, centroid_jitter, centroids, frame_digits, real_motion
 from latte.train.heldout import SEED
 from latte.video_io import save_videos
 
@@ -371,9 +372,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="clip i's videos use seed --seed + i (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
-                        help="training steps of each digit reader, cached by its settings (default: %(default)s)")
-    parser.add_argument("--cache-dir", default=None, help="classifier cache (default: latte's stats cache)")
+    add_reader_arguments(parser)
     parser.add_argument("--force", action="store_true", help="measure a checkpoint trained without frame masks")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write settings and rows here")
     parser.add_argument("--filmstrip", type=Path, default=None, metavar="PNG",
@@ -381,8 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "first sample, the given frames marked")
     parser.add_argument("--filmstrip-clips", type=int, default=3, help="clips in --filmstrip (default: %(default)s)")
     args = parser.parse_args(argv)
-    for name in ("clips", "samples", "per_class", "given", "frames", "long", "filmstrip_clips",
-                 "classifier_steps"):  # 0 is not "the default"
+    for name in ("clips", "samples", "per_class", "given", "frames", "long", "filmstrip_clips"):  # 0 is not "the default"
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args

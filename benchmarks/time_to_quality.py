@@ -39,13 +39,14 @@ from moving_mnist_text_quality import directions, majority_digits  # beside this
 from latte.ablation.evaluation import EVAL_SEED, EvalSettings, Evaluator
 from latte.ablation.runner import one_line_error, read_json
 from latte.ablation.studies import objective_options
+from latte.cli_arguments import add_reader_arguments, positive_int
 from latte.config import Config
 from latte.data.cache import atomic_write_text
 from latte.data.moving_mnist import DIRECTIONS, caption_of
 from latte.errors import LatteError
 from latte.inference import VideoGenerator
 from latte.metrics.evaluate import stats_cache_dir
-from latte.metrics.mnist import READER_STEPS, cached_classifier
+from latte.metrics.mnist import cached_classifier
 from latte.train.checks import held_out_refusal, load_config, validate
 
 BUILT_IN = ("preset", "flow-uniform", "flow-logit-normal")
@@ -238,7 +239,7 @@ def run_recipe(args, recipe: Recipe, log=print) -> dict:
 
     if len(marks) < args.marks and not (last and last["stopped_early"]):
         try:
-            trainer.fit(on_sample=on_step)
+            trainer.fit(on_sample=on_step, open_ended=trainer.config.train.max_steps == NEVER)
             # train.max_steps of the recipe came first: its last step is the recipe's last mark
             new_mark(clock["offset"] + time.perf_counter() - clock["start"] - clock["excluded"], stopped_early=True)
         except BudgetSpent:
@@ -325,21 +326,20 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="overrides for every recipe (before the recipe's own)")
     parser.add_argument("--minutes", type=float, default=15.0, help="wall time of each recipe")
-    parser.add_argument("--marks", type=int, default=6, help="checkpoints read per recipe, at equal steps of time")
+    parser.add_argument("--marks", type=positive_int, default=6, help="checkpoints read per recipe, at equal steps of time")
     parser.add_argument("--output", default="runs/time-to-quality")
     parser.add_argument("--figure", default=str(Path(__file__).resolve().parents[1] / "docs" / "time-to-quality.png"))
     parser.add_argument("--frechet", action="store_true", help="FVD and frame FID at each mark as well (slow)")
-    parser.add_argument("--cache-dir", default=None, help="classifier and real-statistics cache")
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
     # the measurement's fixed settings: smaller values for the tests only
     parser.add_argument("--per-class", type=int, default=10, help=argparse.SUPPRESS)
     parser.add_argument("--per-prompt", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS, help=argparse.SUPPRESS)
+    add_reader_arguments(parser, steps_help=argparse.SUPPRESS)
     args = parser.parse_args()
     output = Path(args.output)
     if not args.plot_only:
-        if args.minutes <= 0 or args.marks < 1 or args.classifier_steps < 1:
-            parser.error("--minutes must be > 0, --marks and --classifier-steps >= 1")
+        if not args.minutes > 0:
+            parser.error(f"--minutes must be > 0, got {args.minutes}")
         try:
             recipes = [parse_recipe(spec) for spec in (args.recipe or BUILT_IN)]
         except LatteError as exc:

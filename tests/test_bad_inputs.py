@@ -170,7 +170,7 @@ def rows(ws: Path) -> list[tuple[list[str], str]]:
         ([*ablate, "--output-dir", str(ws / "afile")], "afile is a file, not a folder"),
         ([*ablate, "--output-dir", str(base / "checkpoints")], "in the checkpoints of run"),
         ([*ablate, "--classifier-steps", "1.5"], "argument --classifier-steps: invalid int value"),
-        ([*ablate, "--classifier-steps", "0"], "--classifier-steps must be >= 1"),
+        ([*ablate, "--classifier-steps", "0"], "--classifier-steps: must be >= 1"),
         ([*ablate, "--metrics", "fvd,nope"], "--metrics"),
         # info and data
         (["info", "--model", "Latte-Q/2"], "argument --model: invalid choice"),

@@ -55,10 +55,20 @@ def test_the_cached_readers_are_keyed_by_their_steps(tmp_path, monkeypatch):
     assert len(calls) == 2 and len(list(tmp_path.glob("mnist-classifier-*.pt"))) == 2
 
 
-@pytest.mark.parametrize("script", ["moving_mnist_quality.py", "moving_mnist_text_quality.py", "prediction.py"])
-def test_the_benchmarks_refuse_a_reader_of_no_steps_in_one_line(tmp_path, script):
+@pytest.mark.parametrize("script, args, message", [
+    ("moving_mnist_quality.py", ["--checkpoint", "none", "--classifier-steps", "0"], "--classifier-steps: must be >= 1"),
+    ("moving_mnist_text_quality.py", ["--checkpoint", "none", "--classifier-steps", "0"],
+     "--classifier-steps: must be >= 1"),
+    ("prediction.py", ["--checkpoint", "none", "--classifier-steps", "0"], "--classifier-steps: must be >= 1"),
+    ("prediction.py", ["--checkpoint", "none", "--classifier-steps", "2.5"], "--classifier-steps: invalid int value"),
+    ("time_to_quality.py", ["--classifier-steps", "0"], "--classifier-steps: must be >= 1"),
+    ("time_to_quality.py", ["--marks", "0"], "--marks: must be >= 1"),
+    ("time_to_quality.py", ["--minutes", "nan"], "--minutes must be > 0"),
+])
+def test_the_benchmarks_refuse_bad_reader_and_budget_settings_in_one_line(tmp_path, script, args, message):
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / script
-    proc = subprocess.run([sys.executable, str(bench), "--checkpoint", str(tmp_path / "none"), "--classifier-steps",
-                           "0"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--classifier-steps must be >= 1" in proc.stderr, proc.stderr[-1000:]
-    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(bench), *args, *(["--output", str(tmp_path / "out")]
+                                                               if script == "time_to_quality.py" else [])],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Command-line arguments that several commands share (commands never import one another):
 where a run's config comes from (`latte train`, `latte ablate`), which dataset clips are read
-(`latte encode`, `latte data inspect`) and which model samples, where and how (`latte sample`, `latte demo`)."""
+(`latte encode`, `latte data inspect`), which model samples, where and how (`latte sample`, `latte demo`),
+and which digit reader reads Moving MNIST samples (`latte ablate` and the benchmarks that read digits)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,32 @@ from latte.config import list_presets
 from latte.data import DATASET_NAMES
 from latte.devices import PRECISIONS, default_precision, pick_device
 from latte.errors import LatteError
+from latte.metrics.mnist import READER_STEPS
 
 DEFAULT_PRESET = "moving-mnist"  # what `latte train` and `latte ablate` train without a preset or config
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 never means "the default" here)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser, steps_help: str | None = None) -> None:
+    """--classifier-steps and --cache-dir: the Moving MNIST digit reader (latte.metrics.mnist.cached_classifier),
+    trained once per setting and cached with the real statistics. steps_help=argparse.SUPPRESS hides the
+    steps from --help where only tests change them."""
+    parser.add_argument("--classifier-steps", type=positive_int, default=READER_STEPS, metavar="N",
+                        help=steps_help or "training steps of each digit reader, part of its cache key "
+                                           "(default: %(default)s)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="digit reader and real-statistics cache (default $LATTE_CACHE_DIR/stats or "
+                             "~/.cache/latte/stats)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, preset_default: str) -> None:

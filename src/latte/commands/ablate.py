@@ -8,10 +8,9 @@ from latte.ablation.evaluation import METRICS, EvalSettings
 from latte.ablation.report import redraw, write_outputs
 from latte.ablation.runner import StudyPlan, is_main_process, option_config, run_study
 from latte.ablation.studies import STUDIES, build_study, custom_study
-from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments
+from latte.cli_arguments import DEFAULT_PRESET, add_config_arguments, add_reader_arguments
 from latte.errors import LatteError
 from latte.files import check_output_folder
-from latte.metrics.mnist import READER_STEPS
 from latte.train.checks import load_config
 
 
@@ -43,10 +42,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default=None, metavar="LIST",
                         help="--study size: named sizes (S,B,L,XL) or WIDTHxDEPTH pairs such as 64x4,128x4 (default S,B,L,XL)")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="clips per sampling / detector batch")
-    parser.add_argument("--classifier-steps", type=int, default=READER_STEPS,
-                        help="training steps of each Moving MNIST digit reader (trained once, cached)")
-    parser.add_argument("--cache-dir", default=None, metavar="DIR",
-                        help="real statistics and classifier cache (default $LATTE_CACHE_DIR/stats or ~/.cache/latte/stats)")
+    add_reader_arguments(parser)
     parser.add_argument("--report-only", default=None, metavar="DIR",
                         help="draw DIR/report.md and the figure again from DIR/results.jsonl alone (no training, no "
                              "checkpoints needed: a study folder may be kept without its runs)")
@@ -63,8 +59,7 @@ def build_plan(args):
         raise LatteError(f"give --study ({', '.join(STUDIES)}) or --options SECTION.KEY=V1,V2")
     for name, value, low in (("--seeds", args.seeds, 1), ("--eval-clips", args.eval_clips, 1),
                              ("--eval-batch-size", args.eval_batch_size, 1), ("--max-steps", args.max_steps, 1),
-                             ("--eval-every", args.eval_every, 1), ("--eval-steps", args.eval_steps, 1),
-                             ("--classifier-steps", args.classifier_steps, 1)):
+                             ("--eval-every", args.eval_every, 1), ("--eval-steps", args.eval_steps, 1)):
         if value is not None and value < low:
             raise LatteError(f"{name} must be >= {low}, got {value}")
     metrics = tuple(dict.fromkeys(m.strip().lower() for m in args.metrics.split(",") if m.strip()))

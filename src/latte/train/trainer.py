@@ -340,7 +340,10 @@ class Trainer:
                    ema.decay_at(self.step, self.config.train.ema_decay, self.config.train.ema_warmup))
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, on_sample=None) -> Path | None:
+    def fit(self, on_sample=None, *, open_ended: bool = False) -> Path | None:
+        """Train to train.max_steps, calling on_sample(self) every sample_every steps. open_ended: a caller's
+        hook stops the run before max_steps (a wall-time budget), so the progress bar counts steps and shows
+        their rate without a total or an ETA."""
         t_cfg = self.config.train
         if self.step >= t_cfg.max_steps:
             self.log(f"nothing to do: {self.output} is already at step {self.step} >= max_steps {t_cfg.max_steps}")
@@ -351,7 +354,7 @@ class Trainer:
         tokens_per_clip = self.model_config.tokens_per_clip
         peak = mfu.peak_flops(self.device, t_cfg.peak_tflops)
         flops_per_clip = mfu.train_flops_per_clip(self) if peak else 0
-        bar = tqdm(total=t_cfg.max_steps, initial=self.step, disable=not self.dist.main, unit="step",
+        bar = tqdm(total=None if open_ended else t_cfg.max_steps, initial=self.step, disable=not self.dist.main, unit="step",
                    dynamic_ncols=True, desc="train")
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         last_saved = None
