@@ -332,8 +332,8 @@ def main() -> int:
     parser.add_argument("--frechet", action="store_true", help="FVD and frame FID at each mark as well (slow)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
     # the measurement's fixed settings: smaller values for the tests only
-    parser.add_argument("--per-class", type=int, default=10, help=argparse.SUPPRESS)
-    parser.add_argument("--per-prompt", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--per-class", type=positive_int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--per-prompt", type=positive_int, default=1, help=argparse.SUPPRESS)
     add_reader_arguments(parser, steps_help=argparse.SUPPRESS)
     args = parser.parse_args()
     output = Path(args.output)

@@ -63,6 +63,8 @@ def test_the_cached_readers_are_keyed_by_their_steps(tmp_path, monkeypatch):
     ("prediction.py", ["--checkpoint", "none", "--classifier-steps", "2.5"], "--classifier-steps: invalid int value"),
     ("time_to_quality.py", ["--classifier-steps", "0"], "--classifier-steps: must be >= 1"),
     ("time_to_quality.py", ["--marks", "0"], "--marks: must be >= 1"),
+    ("time_to_quality.py", ["--per-class", "0"], "--per-class: must be >= 1"),
+    ("time_to_quality.py", ["--per-prompt", "0"], "--per-prompt: must be >= 1"),
     ("time_to_quality.py", ["--minutes", "nan"], "--minutes must be > 0"),
 ])
 def test_the_benchmarks_refuse_bad_reader_and_budget_settings_in_one_line(tmp_path, script, args, message):
